@@ -1,0 +1,250 @@
+"""Parsing of model completions: ``<think>``/``<answer>`` blocks, scores, multi-dimension scores and choices.
+
+Every public function is total: it never raises, whatever it is given. ``None`` and non-string inputs are treated
+as the empty string, and "nothing usable" is reported as ``None`` (or ``False`` / ``""``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Parsed numbers with a larger magnitude are rejected as garbage.
+MAX_ABS_VALUE = 1e6
+#: Canonical dimension names of the multi-dimension task.
+DIMENSIONS: tuple[str, ...] = ("spatial", "temporal", "alignment")
+#: Accepted spellings of each dimension (the official release calls alignment "consistency").
+_DIM_ALIASES = {"spatial": "spatial", "temporal": "temporal", "alignment": "alignment", "consistency": "alignment"}
+
+# Innermost blocks only: the body may not contain another opening or closing tag of the same name.
+_BLOCK = {
+    tag: re.compile(rf"<{tag}>((?:(?!</?{tag}>).)*)</{tag}>", re.IGNORECASE | re.DOTALL) for tag in ("think", "answer")
+}
+_TAG_COUNT = {t: re.compile(re.escape(t), re.IGNORECASE) for t in ("<think>", "</think>", "<answer>", "</answer>")}
+_WELL_FORMED = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_DIM_LOOSE = re.compile(
+    r"""["']?\b(spatial|temporal|alignment|consistency)(?:[ _-]?(?:quality|score))?["']?\s*[:=]\s*["']?"""
+    rf"({_NUMBER.pattern})",
+    re.IGNORECASE,
+)
+_BRACES = re.compile(r"\{.*\}", re.DOTALL)
+
+# Choice parsing. Letters count only in an unambiguous verdict form ("Video A", "option a", "(a)"), never as the
+# article "a" inside a sentence.
+_STRIP_CHARS = " \t\r\n.,;:!?\"'`*_()[]{}<>"
+_PREFIX = re.compile(
+    r"^(?:(?:the|my)\s+)?(?:final\s+)?(?:answer|choice|verdict|winner|preference|prediction)\b\s*(?:is|:|-|=)?\s*"
+)
+_EXACT = {
+    "a": "A",
+    "b": "B",
+    "video a": "A",
+    "video b": "B",
+    "videoa": "A",
+    "videob": "B",
+    "option a": "A",
+    "option b": "B",
+    "video 1": "A",
+    "video 2": "B",
+    "first video": "A",
+    "second video": "B",
+    "the first video": "A",
+    "the second video": "B",
+    "yes": "yes",
+    "no": "no",
+    "y": "yes",
+    "n": "no",
+    "true": "yes",
+    "false": "no",
+}
+_LETTER = re.compile(r"\bvideo\s*([ab])\b|\boption\s*([ab])\b|\(([ab])\)")
+_BETTER = re.compile(
+    r"\bvideo\s*([ab])\s+(?:is|was|looks|seems)?\s*(?:clearly\s+|slightly\s+|much\s+)?"
+    r"(?:better|superior|preferred|preferable|wins)\b"
+)
+_TIE = re.compile(r"\b(?:tie|tied|same|equal|equally|similar|draw)\b")
+_YES = re.compile(r"\byes\b")
+_NO = re.compile(r"\bno\b")
+_LEADING_YES_NO = re.compile(r"^(yes|no)\b")
+
+
+def _as_str(text: Any) -> str:
+    """``text`` if it is a string, else ``""``."""
+    return text if isinstance(text, str) else ""
+
+
+def completion_text(completion: Any) -> str:
+    """Text of a plain-string or TRL conversational completion (``[{"role": "assistant", "content": ...}]``)."""
+    if isinstance(completion, str):
+        return completion
+    if not isinstance(completion, list | tuple):
+        return ""
+    chunks: list[str] = []
+    for message in completion:
+        if not isinstance(message, Mapping) or message.get("role", "assistant") != "assistant":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            chunks.append(content)
+        elif isinstance(content, list | tuple):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                    chunks.append(part["text"])
+    return "".join(chunks)
+
+
+def _last_block(text: Any, tag: str) -> str | None:
+    """Stripped body of the last innermost ``<tag>...</tag>`` block."""
+    bodies = _BLOCK[tag].findall(_as_str(text))
+    return bodies[-1].strip() if bodies else None
+
+
+def extract_think(text: Any) -> str | None:
+    """Content of the last ``<think>...</think>`` block (case-insensitive), stripped; None when absent."""
+    return _last_block(text, "think")
+
+
+def extract_answer(text: Any) -> str | None:
+    """Content of the last ``<answer>...</answer>`` block (case-insensitive), stripped; None when absent."""
+    return _last_block(text, "answer")
+
+
+def is_well_formed(text: Any) -> bool:
+    """Official format check: one ``<think>`` block then one ``<answer>`` block, nothing else around them."""
+    s = _as_str(text)
+    if any(len(rx.findall(s)) != 1 for rx in _TAG_COUNT.values()):
+        return False  # repeated, nested, unclosed or differently-cased tags
+    return _WELL_FORMED.fullmatch(s) is not None
+
+
+def _finite(value: float) -> float | None:
+    """``value`` when finite and not absurdly large, else None."""
+    return value if math.isfinite(value) and abs(value) <= MAX_ABS_VALUE else None
+
+
+def parse_score(answer: Any) -> float | None:
+    """First number in ``answer`` ("3.5", "Score: 3.50", '{"rating": 4.2}', "1e2").
+
+    Only ASCII digits count. If that first number is not finite or exceeds ``MAX_ABS_VALUE`` in magnitude, the answer
+    is rejected (None) rather than searched further: a garbage leading number makes the whole answer untrustworthy.
+    """
+    match = _NUMBER.search(_as_str(answer))
+    if match is None:
+        return None
+    try:
+        return _finite(float(match.group()))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a JSON value (number or numeric string; bools are rejected)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return _finite(float(value))
+        except OverflowError:
+            return None
+    if isinstance(value, str):
+        return parse_score(value)
+    return None
+
+
+def _canonical_dim(key: Any) -> str | None:
+    """Canonical dimension name of a key such as "Spatial", "spatial_quality" or "consistency"."""
+    if not isinstance(key, str):
+        return None
+    k = re.sub(r"[ _-]?(?:quality|score)$", "", key.strip().lower())
+    return _DIM_ALIASES.get(k)
+
+
+def _dims_from_json(s: str) -> dict[str, float]:
+    """Dimension scores of the JSON object in ``s`` (possibly partial, possibly empty)."""
+    match = _BRACES.search(s)
+    if match is None:
+        return {}
+    try:
+        obj = json.loads(match.group())
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        dim = _canonical_dim(key)
+        if dim is not None and (dim not in out or key.strip().lower().startswith("alignment")):
+            number = _number(value)
+            if number is not None:
+                out[dim] = number
+    return out
+
+
+def _dims_from_text(s: str) -> dict[str, float]:
+    """Dimension scores of loose ``"spatial": x, temporal = y`` text (first occurrence of each key wins)."""
+    out: dict[str, float] = {}
+    for key, value in _DIM_LOOSE.findall(s):
+        dim = _DIM_ALIASES[key.lower()]
+        if dim not in out:
+            number = parse_score(value)
+            if number is not None:
+                out[dim] = number
+    return out
+
+
+def parse_dimensions(answer: Any) -> dict[str, float] | None:
+    """``{"spatial", "temporal", "alignment"}`` scores from a JSON object or loose ``key: value`` text.
+
+    Keys are case-insensitive, "consistency" is an alias of "alignment" (official release) and a "_quality"/"_score"
+    suffix is tolerated. Returns None unless all three dimensions are present and finite.
+    """
+    s = _as_str(answer)
+    for parser in (_dims_from_json, _dims_from_text):
+        dims = parser(s)
+        if all(d in dims for d in DIMENSIONS):
+            return {d: dims[d] for d in DIMENSIONS}
+    return None
+
+
+def _letter_verdict(s: str) -> str | None:
+    """"A", "B", "tie" or None from a lower-cased sentence mentioning videos A/B in verdict form."""
+    letters = {a or b or c for a, b, c in _LETTER.findall(s)}
+    if len(letters) == 1:
+        return letters.pop().upper()
+    if len(letters) == 2:
+        better = set(_BETTER.findall(s))
+        if len(better) == 1:
+            return better.pop().upper()
+        return "tie" if _TIE.search(s) else None
+    return None
+
+
+def parse_choice(answer: Any) -> str | None:
+    """Verdict of a choice answer: "A", "B", "tie", "yes", "no", or None when ambiguous / unrecognisable.
+
+    "A"/"B" come from the whole answer ("A", "(b)", "Video A.", "Answer: B") or from verdict phrases inside a sentence
+    ("video a", "option b", "(a)"); the article "a" never counts. If both videos are named, a single "video X is
+    better" phrase decides, a tie word ("same", "equal", ...) gives "tie", anything else is ambiguous (None).
+    Yes/no: a leading "yes"/"no" decides; in free text exactly one of {tie word, "yes", "no"} must occur.
+    """
+    s = " ".join(_as_str(answer).lower().split())
+    core = _PREFIX.sub("", s.strip(_STRIP_CHARS)).strip(_STRIP_CHARS)
+    if core in _EXACT:
+        return _EXACT[core]
+    if _TIE.fullmatch(core) or core in ("both are equal", "they are the same", "both are the same"):
+        return "tie"
+    if _LETTER.search(s):
+        return _letter_verdict(s)
+    leading = _LEADING_YES_NO.match(core)
+    if leading:
+        return leading.group(1)
+    # In free text, exactly one of the three signals (tie word, "yes", "no") must be present.
+    signals = [v for v, rx in (("tie", _TIE), ("yes", _YES), ("no", _NO)) if rx.search(s)]
+    return signals[0] if len(signals) == 1 else None
