@@ -1,0 +1,46 @@
+# Config validation and input functions only (no rules).
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, "../config/schema.yaml")
+
+RUN = config["run"]
+RAW = config["raw_dir"]
+RESULTS = config["results_dir"]
+LOGS = f"logs/{RUN}"
+DATASETS = [k for k, v in config["datasets"].items() if v.get("enabled", True)]
+# Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
+DATA_CODE = [
+    "src/vqinsight/data/registry.py",
+    "src/vqinsight/data/parsers.py",
+    "src/vqinsight/data/manifest.py",
+]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "NONE",
+
+
+def dataset_spec(wildcards):
+    """The dataset's config entry as JSON, handed to the fetch command (changing it reruns the fetch)."""
+    return json.dumps(config["datasets"][wildcards.dataset], sort_keys=True)
+
+
+def score_scale(wildcards):
+    lo, hi = config["data"]["score_scale"]
+    return f"{lo} {hi}"
+
+
+def manifests(wildcards=None):
+    return expand(f"{RESULTS}/manifests/{{dataset}}.parquet", dataset=DATASETS)
+
+
+def raw_dir_of_output(wildcards, output):
+    return str(Path(output.stamp).parent)
+
+
+def raw_dir_of_input(wildcards, input):
+    return str(Path(input.stamp).parent)

@@ -1,0 +1,1 @@
+"""Data layer: dataset registry, downloads, native-format parsers, synthetic demo data, manifests."""
