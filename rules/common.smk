@@ -13,11 +13,8 @@ RESULTS = config["results_dir"]
 LOGS = f"logs/{RUN}"
 DATASETS = [k for k, v in config["datasets"].items() if v.get("enabled", True)]
 # Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
-DATA_CODE = [
-    "src/vqinsight/data/registry.py",
-    "src/vqinsight/data/parsers.py",
-    "src/vqinsight/data/manifest.py",
-]
+SRC = Path(workflow.basedir) / "src" / "vqinsight"
+DATA_CODE = [str(SRC / "data" / f) for f in ("registry.py", "parsers.py", "manifest.py")]
 
 
 wildcard_constraints:

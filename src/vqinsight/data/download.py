@@ -126,6 +126,8 @@ def fetch_url(
                 if max_bytes is not None and total is not None and total > max_bytes:
                     raise DownloadError(f"{url}: {total} bytes exceeds the limit of {max_bytes}")
                 _copy_stream(resp, part, "ab" if have else "wb", have, max_bytes, url, total)
+            if total is not None and part.stat().st_size < total:
+                raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
         else:
             raise DownloadError(f"{url}: unsupported URL scheme. {_by_hand(url, dest, sha256)}")
     except (urllib.error.URLError, OSError, TimeoutError) as e:
