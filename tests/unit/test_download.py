@@ -9,7 +9,6 @@ import json
 import tarfile
 import threading
 import zipfile
-from pathlib import Path
 
 import polars as pl
 import pytest
