@@ -9,7 +9,6 @@
 #               logs/<run>/<phase>/<job>.log
 from snakemake.utils import min_version
 
-
 min_version("9.27")
 
 
@@ -17,7 +16,7 @@ min_version("9.27")
 # (or a user's config) never inherits paper dataset URLs.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"

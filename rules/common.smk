@@ -4,7 +4,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, "../config/schema.yaml")
 
 RUN = config["run"]

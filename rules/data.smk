@@ -6,14 +6,14 @@ rule download:
         stamp=f"{RAW}/{{dataset}}/.fetched.json",
     log:
         f"{LOGS}/data/download_{{dataset}}.log",
-    params:
-        raw=raw_dir_of_output,
-        spec=dataset_spec,
     conda:
         "../environment.yml"
     resources:
         mem_mb=4000,
         runtime=24 * 60,
+    params:
+        raw=raw_dir_of_output,
+        spec=dataset_spec,
     shell:
         "python -m vqinsight.data.fetch --dataset {wildcards.dataset} --raw-dir {params.raw:q} "
         "--spec {params.spec:q} --stamp {output.stamp:q} > {log:q} 2>&1"
@@ -29,18 +29,18 @@ rule manifest:
     log:
         main=f"{LOGS}/data/manifest_{{dataset}}.log",
         quarantine=f"{RESULTS}/quarantine/{{dataset}}.csv",
-    params:
-        raw=raw_dir_of_input,
-        scale=score_scale,
-        on_bad_input=config["data"]["on_bad_input"],
-        reader=config["data"]["reader"],
-        media_check="" if config["data"]["media_check"] else "--no-media-check",
     conda:
         "../environment.yml"
     threads: config["data"]["workers"]
     resources:
         mem_mb=8000,
         runtime=6 * 60,
+    params:
+        raw=raw_dir_of_input,
+        scale=score_scale,
+        on_bad_input=config["data"]["on_bad_input"],
+        reader=config["data"]["reader"],
+        media_check="" if config["data"]["media_check"] else "--no-media-check",
     shell:
         "python -m vqinsight.data.manifest --dataset {wildcards.dataset} --raw-dir {params.raw:q} "
         "--out {output.manifest:q} --meta {output.meta:q} --quarantine {log.quarantine:q} "

@@ -95,7 +95,11 @@ def completion_text(completion: Any) -> str:
             chunks.append(content)
         elif isinstance(content, list | tuple):
             for part in content:
-                if isinstance(part, Mapping) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                if (
+                    isinstance(part, Mapping)
+                    and part.get("type", "text") == "text"
+                    and isinstance(part.get("text"), str)
+                ):
                     chunks.append(part["text"])
     return "".join(chunks)
 
@@ -214,7 +218,7 @@ def parse_dimensions(answer: Any) -> dict[str, float] | None:
 
 
 def _letter_verdict(s: str) -> str | None:
-    """"A", "B", "tie" or None from a lower-cased sentence mentioning videos A/B in verdict form."""
+    """Verdict ("A", "B", "tie" or None) of a lower-cased sentence naming videos A/B in verdict form."""
     letters = {a or b or c for a, b, c in _LETTER.findall(s)}
     if len(letters) == 1:
         return letters.pop().upper()

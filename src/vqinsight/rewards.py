@@ -1,0 +1,314 @@
+"""GRPO reward functions of VQ-Insight, following TRL's reward contract ``f(completions, **columns) -> list``.
+
+Conventions shared by every reward function:
+
+* ``completions`` are plain strings or TRL conversational completions; dataset columns arrive as keyword lists
+  aligned with them. Extra TRL keywords (``prompts``, ``completion_ids``, ``trainer_state``, ``log_metric``, ...)
+  are accepted and ignored.
+* An unparsable completion scores 0.0, never an exception.
+* A row whose ground truth is missing (``None`` or NaN: another task in a mixed batch) gets ``None``, which TRL
+  treats as "not applicable" for that reward function.
+* Every returned float is finite; score-type rewards lie in [0, 1].
+* Configuration errors (bad scale, bad weights, misaligned columns) raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Real
+from typing import Any
+
+from vqinsight.parsing import (
+    DIMENSIONS,
+    completion_text,
+    extract_answer,
+    is_well_formed,
+    parse_choice,
+    parse_dimensions,
+    parse_score,
+)
+
+logger = logging.getLogger(__name__)
+
+SCORE_VARIANTS: tuple[str, ...] = ("l1", "relative", "threshold")
+#: Q-Insight's threshold variant: full reward when |pred - gt| < this (scale units).
+THRESHOLD = 0.35
+_EPS = 1e-9
+_DIM_ALIASES = {"spatial": "spatial", "temporal": "temporal", "alignment": "alignment", "consistency": "alignment"}
+SCORE_TASKS: tuple[str, ...] = ("image_score", "video_score")
+CHOICE_TASKS: tuple[str, ...] = ("comparison", "vqa")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _column(values: Any, n: int, name: str) -> list[Any]:
+    """Per-row list of ``n`` values from a list / tuple / array of length ``n``; None or a scalar is broadcast."""
+    if values is None or isinstance(values, str | bytes | Mapping):
+        return [values] * n
+    try:
+        rows = list(values)
+    except TypeError:
+        return [values] * n
+    if len(rows) != n:
+        raise ValueError(f"column {name!r} has {len(rows)} values for {n} completions")
+    return rows
+
+
+def _gt_number(value: Any) -> float | None:
+    """Ground-truth score as a finite float, or None (missing / NaN / not a number)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    try:
+        v = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _gt_dims(value: Any) -> dict[str, float] | None:
+    """Ground-truth dimension dict (``consistency`` aliased to ``alignment``), or None unless all are finite."""
+    if not isinstance(value, Mapping):
+        return None
+    dims: dict[str, float] = {}
+    for key, v in value.items():
+        dim = _DIM_ALIASES.get(str(key).lower())
+        number = _gt_number(v)
+        if dim is not None and number is not None:
+            dims.setdefault(dim, number)
+    return dims if all(d in dims for d in DIMENSIONS) else None
+
+
+def _answer(completion: Any) -> str | None:
+    """The last ``<answer>`` block of a completion."""
+    return extract_answer(completion_text(completion))
+
+
+def _check_scale(score_min: float, score_max: float) -> None:
+    """Reject an empty or non-finite score scale."""
+    if not (math.isfinite(score_min) and math.isfinite(score_max) and score_max > score_min):
+        raise ValueError(f"invalid score scale [{score_min}, {score_max}]")
+
+
+def score_similarity(pred: float, gt: float, score_min: float, score_max: float, variant: str = "l1") -> float:
+    """Similarity in [0, 1] between a predicted and a ground-truth score (prediction clipped to the scale first).
+
+    * ``l1`` (default, Eq. 3): ``1 - |p - g| / (score_max - score_min)``. The paper writes ``1 - |p - g|``; dividing
+      by the scale span keeps the reward in [0, 1] for any scale (on the paper's 1-5 scale a 1-point error costs 0.25).
+    * ``relative`` (official code): ``1 - min(1, |p - g| / |g|)``.
+    * ``threshold`` (Q-Insight): ``1`` if ``|p - g| < 0.35`` else ``0``.
+    """
+    p = min(max(pred, score_min), score_max)
+    err = abs(p - gt)
+    if variant == "l1":
+        r = 1.0 - err / (score_max - score_min)
+    elif variant == "relative":
+        r = 1.0 - min(1.0, err / (abs(gt) + _EPS))
+    elif variant == "threshold":
+        r = 1.0 if err < THRESHOLD else 0.0
+    else:
+        raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
+    return min(1.0, max(0.0, r)) if math.isfinite(r) else 0.0
+
+
+def _normalised_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Per-dimension weights λ_j summing to 1 (default 1/3 each); ``consistency`` aliases ``alignment``."""
+    if weights is None:
+        return {d: 1.0 / len(DIMENSIONS) for d in DIMENSIONS}
+    raw = {d: 0.0 for d in DIMENSIONS}
+    for key, w in weights.items():
+        dim = _DIM_ALIASES.get(str(key).lower())
+        if dim is None:
+            raise ValueError(f"unknown dimension {key!r} in weights; valid: {', '.join(DIMENSIONS)}")
+        if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight of {key!r} must be a finite number >= 0, got {w!r}")
+        raw[dim] += float(w)
+    total = sum(raw.values())
+    if not total > 0:
+        raise ValueError(f"weights must sum to > 0, got {weights!r}")
+    return {d: w / total for d, w in raw.items()}
+
+
+def _truthy(value: Any) -> bool:
+    """A correctness flag: True, or a finite number > 0.5."""
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, Real) and math.isfinite(value) and value > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reward functions (TRL contract)
+# ---------------------------------------------------------------------------------------------------------------
+def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """1.0 when the completion is exactly one ``<think>`` block followed by one ``<answer>`` block, else 0.0."""
+    # Format reward R_format of the paper (the DeepSeek-R1 / Q-Insight format check of the official code).
+    return [1.0 if is_well_formed(completion_text(c)) else 0.0 for c in completions]
+
+
+def score_reward(
+    completions: Sequence[Any],
+    gt_score: Sequence[Any] | None = None,
+    score_min: float = 1.0,
+    score_max: float = 5.0,
+    variant: str = "l1",
+    **kwargs: Any,
+) -> list[float | None]:
+    """Score-accuracy reward in [0, 1] (see ``score_similarity`` for the variants); None where ``gt_score`` is None."""
+    # Eq. 3: r = 1 - |s_pred - s_gt|, normalised by the scale span: max(0, 1 - |p - g| / (score_max - score_min)).
+    _check_scale(score_min, score_max)
+    if variant not in SCORE_VARIANTS:
+        raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
+    gts = _column(gt_score, len(completions), "gt_score")
+    out: list[float | None] = []
+    for completion, raw_gt in zip(completions, gts, strict=True):
+        gt = _gt_number(raw_gt)
+        pred = parse_score(_answer(completion)) if gt is not None else None
+        if gt is None:
+            out.append(None)
+        else:
+            out.append(0.0 if pred is None else score_similarity(pred, gt, score_min, score_max, variant))
+    return out
+
+
+def multi_dim_reward(
+    completions: Sequence[Any],
+    gt_scores: Sequence[Any] | None = None,
+    weights: Mapping[str, float] | None = None,
+    score_min: float = 1.0,
+    score_max: float = 5.0,
+    variant: str = "l1",
+    **kwargs: Any,
+) -> list[float | None]:
+    """Weighted per-dimension score reward in [0, 1]; 0.0 unless all three dimensions parse; None without a gt."""
+    # Eq. 6: r = sum_j lambda_j * r_j over j in {spatial, temporal, alignment}, r_j as in Eq. 3, sum_j lambda_j = 1.
+    _check_scale(score_min, score_max)
+    lam = _normalised_weights(weights)
+    gts = _column(gt_scores, len(completions), "gt_scores")
+    out: list[float | None] = []
+    for completion, raw_gt in zip(completions, gts, strict=True):
+        gt = _gt_dims(raw_gt)
+        if gt is None:
+            out.append(None)
+            continue
+        pred = parse_dimensions(_answer(completion))
+        if pred is None:
+            out.append(0.0)
+            continue
+        r = sum(lam[d] * score_similarity(pred[d], gt[d], score_min, score_max, variant) for d in DIMENSIONS)
+        out.append(min(1.0, max(0.0, r)))
+    return out
+
+
+def choice_reward(
+    completions: Sequence[Any], gt_choice: Sequence[Any] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """1.0 when the parsed choice ("A"/"B"/"tie"/"yes"/"no") equals ``gt_choice`` (case-insensitive), else 0.0."""
+    # Eq. 7: r = 1 if the predicted preference / answer equals the ground truth, else 0.
+    gts = _column(gt_choice, len(completions), "gt_choice")
+    out: list[float | None] = []
+    for completion, gt in zip(completions, gts, strict=True):
+        if not isinstance(gt, str) or not gt.strip():
+            out.append(None)
+            continue
+        pred = parse_choice(_answer(completion))
+        out.append(1.0 if pred is not None and pred.lower() == gt.strip().lower() else 0.0)
+    return out
+
+
+def length_reward(
+    completions: Sequence[Any],
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    correct: Sequence[Any] | None = None,
+    gamma: float = 0.1,
+    l_min: int = 320,
+    l_max: int = 512,
+    inclusive: bool = False,
+    require_multiple_correct: bool = False,
+    **kwargs: Any,
+) -> list[float]:
+    """γ for completions whose length lies in (l_min, l_max) (``inclusive``: [l_min, l_max]), else 0.0.
+
+    Length is in tokens, ``len(completion_ids[i])``; without ``completion_ids`` a whitespace-token count of the text
+    is used as a proxy. With ``correct``, only correct completions are rewarded; ``require_multiple_correct`` (official
+    code) also demands > 1 correct completion in the whole list passed in (TRL's local batch may hold several
+    groups: call it per group for the exact official semantics); a no-op without ``correct``.
+    """
+    # Eq. 5: r_len = gamma if l_min < len(o_i) < l_max (and o_i is correct), else 0.
+    n = len(completions)
+    ids = _column(completion_ids, n, "completion_ids") if completion_ids is not None else None
+    oks = [_truthy(c) for c in _column(correct, n, "correct")] if correct is not None else [True] * n
+    if correct is not None and require_multiple_correct and sum(oks) <= 1:
+        return [0.0] * n
+    out: list[float] = []
+    for i, c in enumerate(completions):
+        length = len(ids[i]) if ids is not None and ids[i] is not None else len(completion_text(c).split())
+        inside = l_min <= length <= l_max if inclusive else l_min < length < l_max
+        out.append(float(gamma) if inside and oks[i] else 0.0)
+    return out
+
+
+def temporal_bonus(
+    ordered_correct: Sequence[Any],
+    shuffled_correct: Sequence[Any],
+    alpha: float = 0.3,
+    mu: float = 0.8,
+    strict: bool = True,
+) -> list[float]:
+    """α for each correct ordered-frame rollout when the ordered accuracy beats μ × the shuffled accuracy, else 0.0.
+
+    Flags are bools or numbers (> 0.5 counts as correct). ``strict=False`` uses ≥ as the official code does.
+    """
+    # Eq. 4: r_t = alpha if p > mu * p~ (p, p~: accuracy of the ordered / shuffled-frame rollouts), else 0.
+    ordered = [_truthy(x) for x in ordered_correct]
+    shuffled = [_truthy(x) for x in shuffled_correct]
+    if not ordered:
+        return []
+    if not shuffled:
+        return [0.0] * len(ordered)
+    p, p_shuffled = sum(ordered) / len(ordered), sum(shuffled) / len(shuffled)
+    gate = p > mu * p_shuffled if strict else p >= mu * p_shuffled
+    return [float(alpha) if gate and ok else 0.0 for ok in ordered]
+
+
+def _row_correct(completion: Any, task: Any, i: int, columns: Mapping[str, Any], tol: float) -> bool:
+    """Correctness of one completion for its task (see ``is_correct``)."""
+    answer = _answer(completion)
+    tol += _EPS  # so that 3.6 vs 3.0 counts as within a 0.6 tolerance despite float rounding
+    if task in SCORE_TASKS:
+        gt, pred = _gt_number(columns["gt_score"][i]), parse_score(answer)
+        return gt is not None and pred is not None and abs(pred - gt) <= tol
+    if task == "multidim_score":
+        gts, preds = _gt_dims(columns["gt_scores"][i]), parse_dimensions(answer)
+        return gts is not None and preds is not None and all(abs(preds[d] - gts[d]) <= tol for d in DIMENSIONS)
+    if task in CHOICE_TASKS:
+        gt, pred = columns["gt_choice"][i], parse_choice(answer)
+        return isinstance(gt, str) and pred is not None and pred.lower() == gt.strip().lower()
+    return False
+
+
+def is_correct(
+    completions: Sequence[Any], task: str | Sequence[str], score_tolerance: float = 0.5, **columns: Any
+) -> list[bool]:
+    """Per-completion correctness used by the temporal gate (Eq. 4) and the length reward (Eq. 5).
+
+    Score tasks: ``|pred - gt| <= score_tolerance`` (scale units); ``multidim_score``: every dimension within the
+    tolerance; ``comparison`` / ``vqa``: the parsed choice equals ``gt_choice``. ``task`` is one string or one per
+    row (mixed batches). Missing ground truth or an unknown task counts as incorrect.
+    """
+    n = len(completions)
+    tasks = _column(task, n, "task")
+    cols = {k: _column(columns.get(k), n, k) for k in ("gt_score", "gt_scores", "gt_choice")}
+    return [
+        _row_correct(c, t, i, cols, score_tolerance) for i, (c, t) in enumerate(zip(completions, tasks, strict=True))
+    ]
+
+
+REWARD_FUNCS: dict[str, Callable[..., list[Any]]] = {
+    "format": format_reward,
+    "score": score_reward,
+    "multi_dim": multi_dim_reward,
+    "choice": choice_reward,
+    "length": length_reward,
+}
