@@ -2,9 +2,13 @@
 import json
 from pathlib import Path
 
-from snakemake.utils import validate
+from vqinsight.config import validate_config
 
-validate(config, "../config/schema.yaml")
+validate_config(
+    config,
+    f"{workflow.basedir}/config/schema.yaml",
+    source=", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml",
+)
 
 RUN = config["run"]
 RAW = config["raw_dir"]
