@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from vqinsight.config import validate_config
+from vqinsight.data.registry import REGISTRY
 
 validate_config(
     config,
@@ -32,6 +33,15 @@ def dataset_spec(wildcards):
 def score_scale(wildcards):
     lo, hi = config["data"]["score_scale"]
     return f"{lo} {hi}"
+
+
+NO_VIDEO = ("image_score", "prompt")
+
+
+def frame_caches(wildcards=None):
+    """Frame-cache indexes of the enabled video datasets listed in data.frame_cache."""
+    videos = [d for d in config["data"]["frame_cache"] if d in DATASETS and REGISTRY[d].tasks[0] not in NO_VIDEO]
+    return expand(f"{RESULTS}/frames/{{dataset}}.json", dataset=videos)
 
 
 def manifests(wildcards=None):

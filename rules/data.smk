@@ -48,6 +48,32 @@ rule manifest:
         "--workers {threads} {params.media_check} > {log.main:q} 2>&1"
 
 
+rule frame_cache:
+    input:
+        manifest=f"{RESULTS}/manifests/{{dataset}}.parquet",
+    output:
+        index=f"{RESULTS}/frames/{{dataset}}.json",
+    log:
+        f"{LOGS}/data/frame_cache_{{dataset}}.log",
+    conda:
+        "../environment.yml"
+    threads: config["data"]["workers"]
+    resources:
+        mem_mb=8000,
+        runtime=12 * 60,
+    params:
+        cache=f"{RESULTS}/frames/cache",
+        nframes=config["data"]["nframes"],
+        max_pixels=config["data"]["max_pixels"],
+        min_pixels=config["data"]["min_pixels"],
+        reader=config["data"]["reader"],
+    shell:
+        "python -m vqinsight.data.frames --manifest {input.manifest:q} --cache-dir {params.cache:q} "
+        "--out {output.index:q} --nframes {params.nframes} --max-pixels {params.max_pixels} "
+        "--min-pixels {params.min_pixels} --reader {params.reader} --workers {threads} > {log:q} 2>&1"
+
+
 rule data:
     input:
         manifests,
+        frame_caches,
