@@ -129,12 +129,12 @@ class RowSink:
         if sid in self._seen:
             self.out.bad.append(BadRow(fname, row, f"duplicate id {native_id!r}", sid))
             return
+        self._seen.add(sid)  # also when the row itself is bad: a later row with this id is still a duplicate
         try:
             rec = build()
         except LabelError as e:
             self.out.bad.append(BadRow(fname, row, str(e), sid))
             return
-        self._seen.add(sid)
         base = dict(
             sample_id=sid,
             dataset=self.dataset,
