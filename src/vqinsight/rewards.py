@@ -32,7 +32,7 @@ from vqinsight.parsing import (
 
 logger = logging.getLogger(__name__)
 
-SCORE_VARIANTS: tuple[str, ...] = ("l1", "relative", "threshold")
+SCORE_VARIANTS: tuple[str, ...] = ("l1", "l1_span", "relative", "threshold")
 #: Q-Insight's threshold variant: full reward when |pred - gt| < this (scale units).
 THRESHOLD = 0.35
 _EPS = 1e-9
@@ -92,24 +92,34 @@ def _check_scale(score_min: float, score_max: float) -> None:
         raise ValueError(f"invalid score scale [{score_min}, {score_max}]")
 
 
+def _check_variant(variant: str) -> None:
+    """Reject an unknown score-reward variant."""
+    if variant not in SCORE_VARIANTS:
+        raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
+
+
 def score_similarity(pred: float, gt: float, score_min: float, score_max: float, variant: str = "l1") -> float:
     """Similarity in [0, 1] between a predicted and a ground-truth score (prediction clipped to the scale first).
 
-    * ``l1`` (default, Eq. 3): ``1 - |p - g| / (score_max - score_min)``. The paper writes ``1 - |p - g|``; dividing
-      by the scale span keeps the reward in [0, 1] for any scale (on the paper's 1-5 scale a 1-point error costs 0.25).
+    * ``l1`` (default, Eq. 3 as printed in the paper): ``max(0, 1 - |p - g|)`` on the task scale. On the paper's 1-5
+      scale an error >= 1 point earns 0, which is what the paper's formula gives; the reference learning-feasibility
+      run used exactly ``max(0, 1 - |s - mos|)``.
+    * ``l1_span``: ``1 - |p - g| / (score_max - score_min)``, normalised by the scale span so partial credit extends
+      over the whole scale (on a 1-5 scale a 1-point error costs 0.25).
     * ``relative`` (official code): ``1 - min(1, |p - g| / |g|)``.
     * ``threshold`` (Q-Insight): ``1`` if ``|p - g| < 0.35`` else ``0``.
     """
+    _check_variant(variant)
     p = min(max(pred, score_min), score_max)
     err = abs(p - gt)
     if variant == "l1":
+        r = 1.0 - err
+    elif variant == "l1_span":
         r = 1.0 - err / (score_max - score_min)
     elif variant == "relative":
         r = 1.0 - min(1.0, err / (abs(gt) + _EPS))
-    elif variant == "threshold":
+    else:  # "threshold"
         r = 1.0 if err < THRESHOLD else 0.0
-    else:
-        raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
     return min(1.0, max(0.0, r)) if math.isfinite(r) else 0.0
 
 
@@ -156,10 +166,9 @@ def score_reward(
     **kwargs: Any,
 ) -> list[float | None]:
     """Score-accuracy reward in [0, 1] (see ``score_similarity`` for the variants); None where ``gt_score`` is None."""
-    # Eq. 3: r = 1 - |s_pred - s_gt|, normalised by the scale span: max(0, 1 - |p - g| / (score_max - score_min)).
+    # Eq. 3: r = max(0, 1 - |s_pred - s_gt|) on the task scale (``l1``); other variants via ``variant``.
     _check_scale(score_min, score_max)
-    if variant not in SCORE_VARIANTS:
-        raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
+    _check_variant(variant)
     gts = _column(gt_score, len(completions), "gt_score")
     out: list[float | None] = []
     for completion, raw_gt in zip(completions, gts, strict=True):
@@ -184,6 +193,7 @@ def multi_dim_reward(
     """Weighted per-dimension score reward in [0, 1]; 0.0 unless all three dimensions parse; None without a gt."""
     # Eq. 6: r = sum_j lambda_j * r_j over j in {spatial, temporal, alignment}, r_j as in Eq. 3, sum_j lambda_j = 1.
     _check_scale(score_min, score_max)
+    _check_variant(variant)
     lam = _normalised_weights(weights)
     gts = _column(gt_scores, len(completions), "gt_scores")
     out: list[float | None] = []

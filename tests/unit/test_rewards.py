@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from vqinsight.rewards import (
     REWARD_FUNCS,
+    SCORE_VARIANTS,
     choice_reward,
     format_reward,
     is_correct,
     length_reward,
     multi_dim_reward,
     score_reward,
+    score_similarity,
     temporal_bonus,
 )
 
@@ -54,23 +56,44 @@ def test_format_reward(completion: Any, expected: float) -> None:
 
 
 # --- score_reward (Eq. 3) --------------------------------------------------------------------------------------------
+SPAN = {"variant": "l1_span"}
+
+
 @pytest.mark.parametrize(
     ("completion", "gt", "kwargs", "expected"),
     [
-        (ok("4"), 3.0, {}, 0.75),
+        # default "l1": Eq. 3 literally on the task scale, max(0, 1 - |p - g|)
+        (ok("4"), 3.0, {}, 0.0),  # a 1-point error earns nothing
         (ok("3"), 3.0, {}, 1.0),
         (ok("5"), 1.0, {}, 0.0),
-        (ok("3.5"), 3.0, {}, 0.875),
-        (conv(ok("Score: 4.00")), 3.0, {}, 0.75),
-        (ok("9"), 3.0, {}, 0.5),  # clipped to 5 first
-        (ok("-100"), 2.0, {}, 0.75),  # clipped to 1 first
-        (ok("7"), 5.0, {"score_min": 0.0, "score_max": 10.0}, 0.8),
+        (ok("3.5"), 3.0, {}, 0.5),
+        (ok("3.7"), 3.2, {}, 0.5),
+        (ok("1.75"), 2.0, {}, 0.75),
+        (ok("4"), 4.9, {}, 0.1),
+        (ok("2.9"), 3.0, {"variant": "l1"}, 0.9),
+        (conv(ok("Score: 3.25")), 3.0, {}, 0.75),
+        (ok("9"), 3.0, {}, 0.0),  # clipped to 5 first
+        (ok("9"), 4.5, {}, 0.5),  # clipped to 5 first (unclipped it would earn 0)
+        (ok("-100"), 2.0, {}, 0.0),  # clipped to 1 first
+        (ok("-100"), 1.5, {}, 0.5),  # clipped to 1 first
+        (ok("7"), 5.0, {"score_min": 0.0, "score_max": 10.0}, 0.0),  # no span normalisation
+        (ok("5.4"), 5.0, {"score_min": 0.0, "score_max": 10.0}, 0.6),
+        # "l1_span": 1 - |p - g| / (score_max - score_min)
+        (ok("4"), 3.0, SPAN, 0.75),
+        (ok("3"), 3.0, SPAN, 1.0),
+        (ok("5"), 1.0, SPAN, 0.0),
+        (ok("3.5"), 3.0, SPAN, 0.875),
+        (conv(ok("Score: 4.00")), 3.0, SPAN, 0.75),
+        (ok("9"), 3.0, SPAN, 0.5),  # clipped to 5 first
+        (ok("-100"), 2.0, SPAN, 0.75),  # clipped to 1 first
+        (ok("7"), 5.0, {"score_min": 0.0, "score_max": 10.0, **SPAN}, 0.8),
+        (ok("four"), 3.0, SPAN, 0.0),
         (ok("4"), 3.0, {"variant": "relative"}, 1 - 1 / 3),
         (ok("1"), 3.0, {"variant": "relative"}, 1 / 3),
         (ok("5"), 1.0, {"variant": "relative"}, 0.0),  # min(1, 4/1) caps the error
         (ok("3.3"), 3.0, {"variant": "threshold"}, 1.0),
         (ok("3.4"), 3.0, {"variant": "threshold"}, 0.0),
-        ("<answer>4</answer>", 3.0, {}, 0.75),  # format is not score_reward's business
+        ("<answer>3.5</answer>", 3.0, {}, 0.5),  # format is not score_reward's business
         (ok("four"), 3.0, {}, 0.0),
         (ok("nan"), 3.0, {}, 0.0),
         (ok("1e400"), 3.0, {}, 0.0),
@@ -80,7 +103,8 @@ def test_format_reward(completion: Any, expected: float) -> None:
         (ok("4"), None, {}, None),  # other task in a mixed batch
         (ok("4"), float("nan"), {}, None),  # parquet null read as NaN
         (ok("4"), "3", {}, None),
-        (ok("4"), 3, {}, 0.75),  # integer gt
+        (ok("3.5"), 3, {}, 0.5),  # integer gt
+        (ok("4"), 3, SPAN, 0.75),
     ],
 )
 def test_score_reward(completion: Any, gt: Any, kwargs: dict, expected: float | None) -> None:
@@ -97,8 +121,21 @@ def test_score_reward_relative_zero_gt_is_finite() -> None:
 
 
 def test_score_reward_mixed_batch() -> None:
-    completions = [ok("4"), ok("Video A"), conv(ok("2")), "garbage"]
-    assert score_reward(completions, gt_score=[3.0, None, 2.0, 5.0]) == [0.75, None, 1.0, 0.0]
+    completions = [ok("4"), ok("Video A"), conv(ok("2")), "garbage", ok("3.5")]
+    gts = [3.0, None, 2.0, 5.0, 3.0]
+    assert score_reward(completions, gt_score=gts) == [0.0, None, 1.0, 0.0, 0.5]
+    assert score_reward(completions, gt_score=gts, variant="l1_span") == [0.75, None, 1.0, 0.0, 0.875]
+
+
+def test_score_variants_and_default() -> None:
+    assert SCORE_VARIANTS == ("l1", "l1_span", "relative", "threshold")
+    assert score_similarity(3.7, 3.2, 1.0, 5.0) == pytest.approx(0.5)
+    assert score_similarity(4.0, 3.0, 1.0, 5.0) == 0.0
+    assert score_similarity(4.0, 3.0, 1.0, 5.0, "l1_span") == 0.75
+    completions, gts = [ok("4"), ok("3.5"), ok("2.2")], [3.0, 3.0, 2.0]
+    assert score_reward(completions, gt_score=gts) == score_reward(completions, gt_score=gts, variant="l1")
+    with pytest.raises(ValueError, match="variant"):
+        score_similarity(3.0, 3.0, 1.0, 5.0, "span")
 
 
 @pytest.mark.parametrize(
@@ -108,6 +145,7 @@ def test_score_reward_mixed_batch() -> None:
         ({"score_min": 1.0, "score_max": 1.0}, "scale"),
         ({"score_max": float("inf")}, "scale"),
         ({"variant": "l2"}, "variant"),
+        ({"variant": "L1"}, "variant"),
     ],
 )
 def test_score_reward_config_errors(kwargs: dict, match: str) -> None:
@@ -128,13 +166,14 @@ GT = {"spatial": 3.0, "temporal": 4.0, "alignment": 5.0}
     ("completion", "gt", "weights", "expected"),
     [
         (ok('{"spatial": 3, "temporal": 4, "alignment": 5}'), GT, None, 1.0),
-        (ok('{"spatial": 4, "temporal": 4, "alignment": 5}'), GT, None, 1 - 0.25 / 3),
-        (ok('{"spatial": 4, "temporal": 3, "alignment": 1}'), GT, None, (0.75 + 0.75 + 0.0) / 3),
+        (ok('{"spatial": 4, "temporal": 4, "alignment": 5}'), GT, None, 2 / 3),  # 1-point error: r_j = 0
+        (ok('{"spatial": 4, "temporal": 3, "alignment": 1}'), GT, None, 0.0),
+        (ok('{"spatial": 3.5, "temporal": 3.75, "alignment": 4.5}'), GT, None, (0.5 + 0.75 + 0.5) / 3),
         (
-            ok('{"spatial": 4, "temporal": 4, "consistency": 5}'),
+            ok('{"spatial": 3.5, "temporal": 4, "consistency": 5}'),
             GT,
             {"spatial": 2, "temporal": 1, "alignment": 1},
-            0.875,
+            0.75,
         ),
         (ok('{"spatial": 4, "temporal": 4, "alignment": 5}'), GT, {"temporal": 1}, 1.0),  # only temporal counts
         (ok('{"spatial": 4, "temporal": 4, "alignment": 5}'), GT, {"consistency": 1}, 1.0),
@@ -167,6 +206,34 @@ def test_multi_dim_reward(completion: Any, gt: Any, weights: dict | None, expect
         assert out == [None]
     else:
         assert out[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("answer", "weights", "variant", "expected"),
+    [
+        ('{"spatial": 4, "temporal": 4, "alignment": 5}', None, "l1", 2 / 3),
+        ('{"spatial": 4, "temporal": 4, "alignment": 5}', None, "l1_span", 1 - 0.25 / 3),
+        ('{"spatial": 4, "temporal": 3, "alignment": 1}', None, "l1", 0.0),
+        ('{"spatial": 4, "temporal": 3, "alignment": 1}', None, "l1_span", (0.75 + 0.75 + 0.0) / 3),
+        ('{"spatial": 4, "temporal": 4, "consistency": 5}', {"spatial": 2, "temporal": 1, "alignment": 1}, "l1", 0.5),
+        (
+            '{"spatial": 4, "temporal": 4, "consistency": 5}',
+            {"spatial": 2, "temporal": 1, "alignment": 1},
+            "l1_span",
+            0.875,
+        ),
+        ('{"spatial": 3.2, "temporal": 4, "alignment": 5}', None, "threshold", 1.0),
+        ('{"spatial": 4, "temporal": 4, "alignment": 5}', None, "relative", 1 - 1 / 9),
+    ],
+)
+def test_multi_dim_reward_variants(answer: str, weights: dict | None, variant: str, expected: float) -> None:
+    out = multi_dim_reward([ok(answer)], gt_scores=[GT], weights=weights, variant=variant)
+    assert out[0] == pytest.approx(expected)
+
+
+def test_multi_dim_reward_unknown_variant() -> None:
+    with pytest.raises(ValueError, match="variant"):
+        multi_dim_reward(["garbage"], gt_scores=[GT], variant="l2")
 
 
 @pytest.mark.parametrize(
@@ -210,7 +277,8 @@ def test_mixed_task_batch() -> None:
     gt_score = [3.0, None, None, None]
     gt_scores = [None, GT, None, None]
     gt_choice = [None, None, "B", "no"]
-    assert score_reward(completions, gt_score=gt_score) == [0.75, None, None, None]
+    assert score_reward(completions, gt_score=gt_score) == [0.0, None, None, None]
+    assert score_reward(completions, gt_score=gt_score, variant="l1_span") == [0.75, None, None, None]
     assert multi_dim_reward(completions, gt_scores=gt_scores) == [None, 1.0, None, None]
     assert choice_reward(completions, gt_choice=gt_choice) == [None, None, 1.0, 0.0]
     assert format_reward(completions) == [1.0] * 4
@@ -341,7 +409,7 @@ def _in_unit(values: list[float | None]) -> bool:
 @FUZZ
 @given(
     st.lists(st.tuples(_COMPLETIONS, _GT_SCORE, _GT_DIMS, _GT_CHOICE), max_size=6),
-    st.sampled_from(["l1", "relative", "threshold"]),
+    st.sampled_from(SCORE_VARIANTS),
 )
 def test_fuzz_rewards_in_range(rows: list[tuple], variant: str) -> None:
     completions = [r[0] for r in rows]
@@ -381,3 +449,12 @@ def test_fuzz_length_reward_values(rows: list[tuple], gamma: float, inclusive: b
 def test_fuzz_temporal_bonus_values(ordered: list, shuffled: list, alpha: float, mu: float, strict: bool) -> None:
     out = temporal_bonus(ordered, shuffled, alpha=alpha, mu=mu, strict=strict)
     assert len(out) == len(ordered) and set(out) <= {0.0, alpha}
+
+
+@FUZZ
+@given(st.floats(-10, 10), st.floats(1, 5))
+def test_fuzz_l1_is_eq3_on_task_scale(pred: float, gt: float) -> None:
+    clipped = min(max(pred, 1.0), 5.0)
+    r = score_similarity(pred, gt, 1.0, 5.0)
+    assert r == pytest.approx(max(0.0, 1.0 - abs(clipped - gt)))
+    assert r <= score_similarity(pred, gt, 1.0, 5.0, "l1_span") + 1e-12  # span 4 > 1: l1 is the stricter one
