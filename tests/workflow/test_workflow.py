@@ -114,3 +114,10 @@ def test_demo_builds_every_manifest_then_has_nothing_to_do(tmp_path):
     again = smk("-n", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
+
+
+def test_ruff_is_clean():
+    ruff = str(Path(sys.executable).with_name("ruff"))
+    for args in (["check", "."], ["format", "--check", "."]):
+        p = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
