@@ -21,9 +21,11 @@ if not workflow.overwrite_configfiles:
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/grpo.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.grpo.input,

@@ -1,5 +1,7 @@
 # Config validation and input functions only (no rules).
 import json
+import os
+import sys
 from pathlib import Path
 
 from vqinsight.config import validate_config
@@ -11,6 +13,10 @@ validate_config(
     source=", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml",
 )
 
+# Jobs use the Python environment that runs Snakemake, also when it was started as .venv/bin/snakemake without
+# activating the environment (a per-rule conda env, when enabled, is activated in front of it).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
 RUN = config["run"]
 RAW = config["raw_dir"]
 RESULTS = config["results_dir"]
@@ -19,10 +25,6 @@ DATASETS = [k for k, v in config["datasets"].items() if v.get("enabled", True)]
 # Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
 SRC = Path(workflow.basedir) / "src" / "vqinsight"
 DATA_CODE = [str(SRC / "data" / f) for f in ("registry.py", "parsers.py", "manifest.py")]
-
-
-wildcard_constraints:
-    dataset="|".join(DATASETS) or "NONE",
 
 
 def dataset_spec(wildcards):
@@ -54,3 +56,76 @@ def raw_dir_of_output(wildcards, output):
 
 def raw_dir_of_input(wildcards, input):
     return str(Path(input.stamp).parent)
+
+
+# ----------------------------------------------------------------------------- GRPO
+GRPO = config["grpo"]
+TASK_MODELS = list(GRPO["stage2"]["task_models"])
+BUILD_TINY = "tiny" in config["model"]
+
+
+def media_args(wildcards):
+    """Frame sampling / pixel budget / scale arguments shared by every command that decodes media."""
+    d = config["data"]
+    lo, hi = d["score_scale"]
+    return (
+        f"--cache-dir {RESULTS}/frames/cache --nframes {d['nframes']} --max-pixels {d['max_pixels']} "
+        f"--min-pixels {d['min_pixels']} --reader {d['reader']} --scale {lo} {hi}"
+    )
+
+
+def launcher(wildcards, resources):
+    """`accelerate launch` with one process per allocated GPU, or plain python on the CPU."""
+    if resources.gpu == 0:
+        return "python -m vqinsight.grpo"
+    return f"accelerate launch --config_file {GRPO['accelerate']} --num_processes {resources.gpu} " "-m vqinsight.grpo"
+
+
+def manifest_files(datasets):
+    return [f"{RESULTS}/manifests/{d}.parquet" for d in datasets]
+
+
+def cache_files(datasets):
+    """Frame-cache indexes of the datasets that have one (data.frame_cache): decode once, before training."""
+    cached = set(config["data"]["frame_cache"])
+    return [f"{RESULTS}/frames/{d}.json" for d in datasets if d in cached]
+
+
+def base_model_input(wildcards):
+    """The base model as a file dependency when a rule of this workflow builds it (demo), else nothing."""
+    return [config["model"]["base"]] if BUILD_TINY else []
+
+
+def stage2_spec(wildcards):
+    return GRPO["stage2"]["task_models"][wildcards.task_model]
+
+
+def stage2_manifests(wildcards):
+    return manifest_files(stage2_spec(wildcards)["datasets"])
+
+
+def stage2_eval_manifests(wildcards):
+    return manifest_files(stage2_spec(wildcards).get("eval_datasets", []))
+
+
+def stage2_caches(wildcards):
+    return cache_files(stage2_spec(wildcards)["datasets"])
+
+
+def stage2_tasks(wildcards):
+    return " ".join(stage2_spec(wildcards)["tasks"])
+
+
+def trust_flag(wildcards):
+    return "--trust-remote-code" if config["model"].get("trust_remote_code") else ""
+
+
+def grpo_models(wildcards=None):
+    return [f"{RESULTS}/grpo/stage1/model"] + expand(
+        f"{RESULTS}/grpo/stage2/{{task_model}}/model", task_model=TASK_MODELS
+    )
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "NONE",
+    task_model="|".join(TASK_MODELS),

@@ -59,6 +59,21 @@ VQA_ANSWER = (
 )
 
 
+# -- short style (the embedded demo) -------------------------------------------------------------------------------
+# A tiny randomly initialised VLM learns from the pixels only when the prompt is a handful of tokens: long
+# instructions drown the few visual tokens (../shared/reference/learning-feasibility.md). The short style keeps a
+# task tag so mixed-task batches stay distinguishable, and no system prompt. The answer format is the same.
+STYLES: tuple[str, ...] = ("full", "short")
+SHORT_TEXT: dict[str, str] = {
+    "image_score": "",
+    "video_score": "score",
+    "multidim_score": "dims",
+    "comparison": "better?",
+    "vqa": "{question}",
+}
+SHORT_LABELS: tuple[str, str] = ("A:", "B:")
+
+
 def _fmt(x: float) -> str:
     """Format a scale bound without a spurious '.0' (1.0 -> '1', 2.5 -> '2.5')."""
     return f"{float(x):g}"
@@ -130,29 +145,39 @@ def build_messages(
     scale: tuple[float, float] = (1, 5),
     system: bool = True,
     media_type: str = "video",
+    style: str = "full",
 ) -> list[dict]:
     """Chat for ``task`` in the HF / Qwen2-VL conversational format.
 
     Media parts come first, then the instruction. For ``comparison`` the layout follows the official code:
     ``[text "Video A:", video, text "Video B:", video, text question]``. ``image_score`` always uses image parts.
+    ``style="short"`` (the demo) replaces the instruction by a task tag and never adds the system prompt.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if media_type not in ("image", "video"):
         raise ValueError(f"media_type must be 'image' or 'video', got {media_type!r}")
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; valid: {', '.join(STYLES)}")
     kind = "image" if task == "image_score" else media_type
-    text = user_text(task, prompt=prompt, question=question, scale=scale)
+    if style == "short":
+        if task == "vqa" and question is None:
+            raise ValueError("task 'vqa' needs a question")
+        text, labels, system = SHORT_TEXT[task].format(question=question), SHORT_LABELS, False
+    else:
+        text, labels = user_text(task, prompt=prompt, question=question, scale=scale), ("Video A:", "Video B:")
     items = list(media)
     content: list[dict[str, Any]] = []
     if task == "comparison":
         if len(items) != 2:
             raise ValueError(f"task 'comparison' needs exactly 2 media items, got {len(items)}")
-        for label, item in zip(("Video A:", "Video B:"), items, strict=True):
+        for label, item in zip(labels, items, strict=True):
             content.append({"type": "text", "text": label})
             content.append(_media_part(item, kind))
     else:
         content.extend(_media_part(item, kind) for item in items)
-    content.append({"type": "text", "text": text})
+    if text:
+        content.append({"type": "text", "text": text})
     messages: list[dict] = []
     if system:
         messages.append({"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]})

@@ -110,3 +110,16 @@ def test_user_text(task: str, kwargs: dict, must_contain: list[str], must_not_co
 def test_build_messages_errors(task: str, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_messages(task, **kwargs)
+
+
+def test_short_style_is_a_task_tag_without_system_prompt():
+    from vqinsight.prompts import build_messages
+
+    m = build_messages("image_score", media=["x"], style="short")
+    assert m == [{"role": "user", "content": [{"type": "image", "image": "x"}]}]
+    m = build_messages("comparison", media=["a", "b"], style="short", system=True)
+    assert [p.get("text") for p in m[0]["content"]] == ["A:", None, "B:", None, "better?"]
+    m = build_messages("vqa", media=["a"], question="Is it dark?", style="short")
+    assert m[0]["content"][-1] == {"type": "text", "text": "Is it dark?"}
+    with pytest.raises(ValueError, match="style"):
+        build_messages("vqa", media=["a"], question="q", style="tiny")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,115 @@ def test_deterministic(gen, tmp_path):
         generate_dataset(key, other / key, seed=1, counts=SMALL[key], nframes=NF, height=H, width=W)
         h0, h1 = _hashes(root / key), _hashes(other / key)
         assert h0 != h1, key
+
+
+# sha256 over "<path relative to root>\n<sha256 of file>\n" for every file (sorted by path) of _gen(root, seed=0),
+# i.e. exactly the `gen` fixture. Obtained by running that generation with the code BEFORE degrade.Mix existed, so a
+# change here means the default mix no longer reproduces the original data byte for byte.
+DEFAULT_DIGEST = "c7b36c53e42b40bcbba06c296a7341053db1eb9ad8d1120b480f63132f38c42a"
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{p.relative_to(root).as_posix()}\n{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def test_default_mix_reproduces_original_bytes(gen, tmp_path):
+    root, summaries = gen
+    assert _digest(root) == DEFAULT_DIGEST
+    assert summaries["koniq"]["mix"] == asdict(D.Mix())
+    for mix in ({}, D.Mix(), {"exposure_p": 0.6, "under_p": 0.8, "other_max_severity": 1, "max_active": 3}):
+        for key in ("koniq", "monetbench"):
+            generate_dataset(key, tmp_path / key, seed=0, counts=SMALL[key], nframes=NF, height=H, width=W, mix=mix)
+            assert _hashes(tmp_path / key) == _hashes(root / key), (key, mix)
+
+
+# --------------------------------------------------------------------------- degradation mix
+EXPOSURE_MIX = {"exposure_p": 1.0, "under_p": 1.0, "other_max_severity": 0.25}
+
+
+def test_exposure_mix_koniq_brightness_tracks_mos(tmp_path):
+    from scipy.stats import spearmanr
+
+    s = generate_dataset(
+        "koniq", tmp_path, seed=0, counts={"train": 300, "test": 1}, nframes=NF, height=H, width=W, mix=EXPOSURE_MIX
+    )
+    assert all(t["severities"].get("exposure", 0) > 0 and t["exposure_mode"] == "under" for t in s["truth"])
+    assert all(v <= 0.25 for t in s["truth"] for k, v in t["severities"].items() if k != "exposure")
+    train = json.loads((tmp_path / "metas/train_koniq_7k.json").read_text())
+    bright = [np.asarray(Image.open(tmp_path / "images" / Path(r["image"]).name)).mean() for r in train]
+    rho = spearmanr(bright, [r["gt_score"] for r in train]).statistic
+    assert len(train) == 300 and rho >= 0.7, rho  # measured 0.712 (default mix: 0.32)
+
+
+def test_exposure_mix_pairs_prefer_the_brighter_video(tmp_path):
+    import av
+
+    def brightness(path: Path) -> float:
+        with av.open(str(path)) as c:
+            return float(np.mean([f.to_ndarray(format="rgb24").mean() for f in c.decode(video=0)]))
+
+    s = generate_dataset(
+        "monetbench", tmp_path, seed=0, counts={"pairs": 100}, nframes=NF, height=H, width=W, mix=EXPOSURE_MIX
+    )
+    assert all(t["a"]["severities"].get("exposure", 0) > 0 for t in s["truth"])
+    df = pl.read_parquet(tmp_path / "monetbench/test-00000-of-00001.parquet")
+    agree = []
+    for r in df.iter_rows(named=True):
+        if r["standard_answer"] != "0":
+            b1, b2 = (brightness(tmp_path / "videos" / r[c]) for c in ("video1_path", "video2_path"))
+            agree.append(("1" if b1 > b2 else "2") == r["standard_answer"])
+    assert len(agree) >= 40 and np.mean(agree) >= 0.8, np.mean(agree)  # measured 0.934 of 61 (default mix: 0.68)
+
+
+def test_mix_sampling():
+    rng = np.random.default_rng(0)
+    mix = D.Mix(exposure_p=1.0, under_p=0.0, other_max_severity=0.1, max_active=2, exposure_min=0.6)
+    for _ in range(200):
+        d = D.sample_degradations(rng, video=True, aigc=True, mix=mix)
+        assert 0.6 <= d.get("exposure") <= 1.0 and d.exposure_mode == "over" and 1 <= len(d.severities) <= 2
+        assert all(v <= 0.1 for k, v in d.severities.items() if k != "exposure")
+    seen = set()
+    for _ in range(200):
+        mode, a, b = D.sample_pair(rng, mix=mix)
+        seen.add(mode)
+        assert a.exposure_mode == b.exposure_mode == "over"  # bothbad too: it follows the prevailing mode
+        assert a.get("exposure") >= (0.85 if mode == "bothbad" else 0.6)
+    assert seen == {"independent", "tie", "bothbad"}
+    assert D.Mix.coerce(None) == D.Mix() and D.Mix(max_active=2.0).max_active == 2
+
+
+@pytest.mark.parametrize(
+    "mix, match",
+    [
+        ({"exposure_p": 1.0, "exposur_min": 0.2, "bogus": 1}, r"unknown key.*'bogus', 'exposur_min'"),
+        ({"exposure_p": 1.5}, "exposure_p"),
+        ({"under_p": -0.1}, "under_p"),
+        ({"other_max_severity": float("nan")}, "other_max_severity"),
+        ({"exposure_min": "0.2"}, "exposure_min"),
+        ({"max_active": 0}, "max_active"),
+        ({"max_active": 1.5}, "max_active"),
+        ([0.6, 0.8], "mapping"),
+    ],
+)
+def test_bad_mix_raises(tmp_path, mix, match):
+    with pytest.raises(ValueError, match=match):
+        generate_dataset("koniq", tmp_path / "k", counts={"train": 1, "test": 1}, mix=mix)
+    assert not (tmp_path / "k").exists()
+
+
+def test_cli_mix(tmp_path):
+    from vqinsight.data.synthetic.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", "koniq", "--out", str(tmp_path / "bad"), "--mix", '{"exposure_q": 1}'])
+    with pytest.raises(SystemExit):
+        main(["--dataset", "koniq", "--out", str(tmp_path / "bad"), "--mix", "{not json"])
+    assert not (tmp_path / "bad").exists()
+    assert main(["--dataset", "vidprom", "--out", str(tmp_path / "ok"), "--mix", json.dumps(EXPOSURE_MIX)]) == 0
+    assert (tmp_path / "ok/VidProM_unique.csv").is_file()
 
 
 # --------------------------------------------------------------------------- labels

@@ -88,7 +88,11 @@ def test_demo_config_does_not_inherit_paper_urls(tmp_path):
         (lambda c: c["data"].update(reader="opencv"), "data.reader: 'opencv' is not one of"),
         (lambda c: c["datasets"]["koniq"].update(source="ftp"), "datasets.koniq.source: 'ftp'"),
         (lambda c: c["datasets"].update(konik={"source": "local"}), "('konik' was unexpected)"),
-        (lambda c: c["grpo"]["temporal"].pop("mu"), "grpo.temporal: 'mu' is a required property"),
+        (lambda c: c["model"].pop("base"), "model: 'base' is a required property"),
+        (
+            lambda c: c["grpo"]["stage2"]["task_models"].update(x={"tasks": ["dance"], "datasets": ["lsvq"]}),
+            "grpo.stage2.task_models.x.tasks.0: 'dance'",
+        ),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, patch, needle):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,30 +182,90 @@ class Degradations:
         return {"severities": dict(sorted(self.severities.items())), "exposure_mode": self.exposure_mode}
 
 
+MIX_KEYS: tuple[str, ...] = ("exposure_p", "under_p", "other_max_severity", "max_active", "exposure_min")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How degradations are drawn (:func:`sample_degradations`, :func:`sample_pair`). The defaults are the
+    generator's original mix and reproduce its outputs byte for byte.
+
+    exposure_p: probability that exposure is active; under_p: probability that its mode is under-exposure;
+    exposure_min: exposure severity ~ U(exposure_min, max_severity) when active (max_severity is the profile cap,
+    1 unless a T2V model profile lowers it); other_max_severity: every other family's severity ~
+    U(0, min(max_severity, other_max_severity)); max_active: at most this many active degradations (at least 1).
+    ``Mix(exposure_p=1, under_p=1, other_max_severity=0.25)`` gives an exposure-dominated mix in which global
+    brightness is the main quality cue (what a tiny model can learn in the embedded demo)."""
+
+    exposure_p: float = 0.6
+    under_p: float = 0.8
+    other_max_severity: float = 1.0
+    max_active: int = 3
+    exposure_min: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("exposure_p", "under_p", "other_max_severity", "exposure_min"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"mix.{name} must be a number in [0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
+        m = self.max_active
+        if isinstance(m, float) and m.is_integer():  # 2.0 from YAML/JSON
+            m = int(m)
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
+            raise ValueError(f"mix.max_active must be an integer >= 1, got {self.max_active!r}")
+        object.__setattr__(self, "max_active", int(m))
+
+    @classmethod
+    def coerce(cls, value: Mix | dict | None) -> Mix:
+        """``None`` → the default mix; a :class:`Mix` as is; a dict (from config or JSON) of :data:`MIX_KEYS`.
+        Unknown keys and bad values raise ``ValueError``."""
+        if value is None:
+            return cls()
+        if isinstance(value, Mix):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"mix must be a mapping of {list(MIX_KEYS)}, got {type(value).__name__}")
+        unknown = sorted(str(k) for k in value if k not in MIX_KEYS)
+        if unknown:
+            raise ValueError(f"mix: unknown key(s) {unknown}; known: {list(MIX_KEYS)}")
+        return cls(**value)
+
+
+DEFAULT_MIX = Mix()
+
+
 def sample_degradations(
     rng: np.random.Generator,
     *,
     video: bool,
     aigc: bool,
     pool: tuple[str, ...] | None = None,
-    exposure_p: float = 0.6,
     max_severity: float = 1.0,
-    max_active: int = 3,
+    mix: Mix | None = None,
 ) -> Degradations:
-    """1..max_active active degradations: exposure with probability ``exposure_p``, the rest drawn from ``pool``
-    (default: every applicable non-exposure family), severities ~ U(0, max_severity); under-exposure 80 %."""
+    """1..mix.max_active active degradations: exposure with probability ``mix.exposure_p``, the rest drawn from
+    ``pool`` (default: every applicable non-exposure family). Exposure severity ~ U(mix.exposure_min, max_severity)
+    (the upper bound raised to exposure_min if lower), the others ~ U(0, min(max_severity, mix.other_max_severity));
+    under-exposure with probability ``mix.under_p`` (80 % by default). The draw order never depends on the mix."""
+    mix = mix or DEFAULT_MIX
     families = [d for d in SPATIAL[1:]] + (list(TEMPORAL) if video else []) + (list(ALIGNMENT) if aigc else [])
     if pool is not None:
         families = [d for d in families if d in pool]
-    k = int(rng.integers(1, max_active + 1))
-    active = ["exposure"] if rng.random() < exposure_p else []
+    k = int(rng.integers(1, mix.max_active + 1))
+    active = ["exposure"] if rng.random() < mix.exposure_p else []
     n_other = min(len(families), k - len(active))
     if n_other > 0:
         active += [families[int(i)] for i in rng.choice(len(families), size=n_other, replace=False)]
     if not active:
         active = ["exposure"]
-    sev = {name: float(rng.uniform(0.0, max_severity)) for name in sorted(active)}
-    mode = "under" if rng.random() < 0.8 else "over"
+    other_max = min(max_severity, mix.other_max_severity)
+    exp_range = (mix.exposure_min, max(max_severity, mix.exposure_min))
+    sev = {
+        name: float(rng.uniform(*exp_range) if name == "exposure" else rng.uniform(0.0, other_max))
+        for name in sorted(active)
+    }
+    mode = "under" if rng.random() < mix.under_p else "over"
     return Degradations(sev, mode)
 
 
@@ -212,25 +273,30 @@ PAIR_MODES: tuple[tuple[str, float], ...] = (("independent", 0.7), ("tie", 0.18)
 
 
 def sample_pair(
-    rng: np.random.Generator, profiles: tuple[tuple[tuple[str, ...], float], ...] | None = None
+    rng: np.random.Generator,
+    profiles: tuple[tuple[tuple[str, ...], float], ...] | None = None,
+    mix: Mix | None = None,
 ) -> tuple[str, Degradations, Degradations]:
     """Degradations of a comparison pair (AIGC videos): ``(mode, a, b)`` with mode drawn from :data:`PAIR_MODES`.
 
-    independent: each side sampled on its own (from its ``(pool, max_severity)`` profile when given);
-    tie: b = a with every severity moved by at most ±0.02; bothbad: a heavy exposure + temporal + mismatch mix,
-    and b ≈ a as for a tie. The labels always come from the realised severities, so modes only shape the mix."""
+    independent: each side sampled on its own (from its ``(pool, max_severity)`` profile when given, with ``mix``);
+    tie: b = a with every severity moved by at most ±0.02 (a sampled with ``mix``); bothbad: a heavy exposure +
+    temporal + mismatch mix whatever the ``mix`` (its severities are what makes both sides bad), exposed in the mix's
+    prevailing direction (under when ``mix.under_p >= 0.5``, no extra draw), and b ≈ a as for a tie.
+    The labels always come from the realised severities, so modes only shape the mix."""
+    mix = mix or DEFAULT_MIX
     mode = PAIR_MODES[int(rng.choice(len(PAIR_MODES), p=[p for _, p in PAIR_MODES]))][0]
     if mode == "independent":
         sides = []
         for pool, mx in profiles or ((None, 1.0), (None, 1.0)):
-            sides.append(sample_degradations(rng, video=True, aigc=True, pool=pool, max_severity=mx))
+            sides.append(sample_degradations(rng, video=True, aigc=True, pool=pool, max_severity=mx, mix=mix))
         return mode, sides[0], sides[1]
     if mode == "bothbad":
         t = ("stutter", "freeze", "drop", "flicker")[int(rng.integers(4))]
         sev = {"exposure": rng.uniform(0.85, 1.0), t: rng.uniform(0.75, 1.0), "mismatch": rng.uniform(0.5, 1.0)}
-        a = Degradations({k: float(v) for k, v in sorted(sev.items())}, "under")
+        a = Degradations({k: float(v) for k, v in sorted(sev.items())}, "under" if mix.under_p >= 0.5 else "over")
     else:
-        a = sample_degradations(rng, video=True, aigc=True)
+        a = sample_degradations(rng, video=True, aigc=True, mix=mix)
     jittered = {k: float(np.clip(v + rng.uniform(-0.02, 0.02), 0.0, 1.0)) for k, v in a.severities.items()}
     return mode, a, Degradations(jittered, a.exposure_mode)
 

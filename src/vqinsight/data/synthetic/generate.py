@@ -17,7 +17,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vqinsight.data.synthetic import labels as L
-from vqinsight.data.synthetic.degrade import Degradations, make_item, sample_degradations, sample_pair
+from vqinsight.data.synthetic.degrade import Degradations, Mix, make_item, sample_degradations, sample_pair
 from vqinsight.data.synthetic.scenes import SceneSpec, describe, random_scene
 from vqinsight.video import write_video
 
@@ -123,12 +123,22 @@ class Done:
 
 
 class Ctx:
-    """Per-call settings, the seed scheme, and the record of files written."""
+    """Per-call settings (the degradation ``mix`` included), the seed scheme, and the record of files written."""
 
-    def __init__(self, key: str, out: Path, seed: int, counts: dict[str, int], size: tuple[int, int, int], fps: float):
+    def __init__(
+        self,
+        key: str,
+        out: Path,
+        seed: int,
+        counts: dict[str, int],
+        size: tuple[int, int, int],
+        fps: float,
+        mix: Mix | None = None,
+    ):
         self.key, self.out, self.seed, self.counts = key, out, seed, counts
         self.nframes, self.h, self.w = size
         self.fps = fps
+        self.mix = mix or Mix()
         self.ds = DATASET_KEYS.index(key)
         self.written: set[str] = set()
 
@@ -185,7 +195,7 @@ def _sample_pair(ctx: Ctx, item: int, models: tuple[str, str] | None = None) -> 
     """One scene shared by both videos, and the pair's mode and degradations (:func:`sample_pair`)."""
     rng = ctx.rng(item, 0)
     spec = random_scene(rng)
-    return (spec, *sample_pair(rng, tuple(T2V_MODELS[m] for m in models) if models else None))
+    return (spec, *sample_pair(rng, tuple(T2V_MODELS[m] for m in models) if models else None, ctx.mix))
 
 
 # --------------------------------------------------------------------------- score datasets
@@ -195,7 +205,7 @@ def _gen_koniq(ctx: Ctx) -> list[dict]:
         for _ in range(ctx.counts[split]):
             rng = ctx.rng(item, 0)
             nid = str(1_000_000_000 + item * 7919 + int(rng.integers(7919)))
-            deg = sample_degradations(rng, video=False, aigc=False)
+            deg = sample_degradations(rng, video=False, aigc=False, mix=ctx.mix)
             jobs.append(Job(f"images/{nid}.jpg", random_scene(rng), deg, ctx.ss(item, 2), image=True))
             meta.append((split, nid, item))
             item += 1
@@ -234,7 +244,7 @@ def _video_items(
         for _ in range(n):
             rng = ctx.rng(item, 0)
             nid = name(item, rng)
-            deg = sample_degradations(rng, video=True, aigc=False)
+            deg = sample_degradations(rng, video=True, aigc=False, mix=ctx.mix)
             jobs.append(Job(f"{prefix}/{nid}.mp4", random_scene(rng), deg, ctx.ss(item, 2)))
             meta.append((split, nid, item))
             item += 1
@@ -303,7 +313,8 @@ def _gen_lgvq(ctx: Ctx) -> list[dict]:
         for m_i, model in enumerate(models):
             item = p * 100 + m_i + 1
             pool, mx = T2V_MODELS[model]
-            deg = sample_degradations(ctx.rng(item, 0), video=True, aigc=True, pool=pool, max_severity=mx)
+            rng = ctx.rng(item, 0)
+            deg = sample_degradations(rng, video=True, aigc=True, pool=pool, max_severity=mx, mix=ctx.mix)
             jobs.append(Job(f"videos/{model}_{p:04d}.mp4", spec, deg, ctx.ss(item, 2), mismatch_in="pixels"))
             meta.append((model, item))
     done = ctx.run(jobs)
@@ -374,7 +385,7 @@ def _gen_visionreward(ctx: Ctx) -> list[dict]:
     jobs = []
     for item in range(ctx.counts["vqa"]):
         rng = ctx.rng(item, 0)
-        deg = sample_degradations(rng, video=True, aigc=True)
+        deg = sample_degradations(rng, video=True, aigc=True, mix=ctx.mix)
         jobs.append(Job(f"videos/vr_{item:05d}.mp4", random_scene(rng), deg, ctx.ss(item, 2)))
     done = ctx.run(jobs)
     ann, ints = pa.struct([(k, pa.int64()) for k in L.ANNOTATION_DIMENSIONS]), pa.list_(pa.int64())
@@ -466,12 +477,16 @@ def generate_dataset(
     height: int = 56,
     width: int = 84,
     fps: float = 8.0,
+    mix: dict | Mix | None = None,
 ) -> dict:
     """Write dataset ``key`` natively into ``out_dir`` (its raw dir). ``counts`` overrides entries of
-    :data:`DEFAULT_COUNTS` [key]. Returns ``{"dataset", "out_dir", "seed", "counts", "files", "truth"}``: ``files``
-    are the paths written (relative, sorted) and ``truth`` the per-item severities, qualities and labels."""
+    :data:`DEFAULT_COUNTS` [key]; ``mix`` (a :class:`~vqinsight.data.synthetic.degrade.Mix` or a plain dict of its
+    fields, as in config) changes how degradations are drawn, ``None`` keeping the default mix.
+    Returns ``{"dataset", "out_dir", "seed", "counts", "mix", "files", "truth"}``: ``files`` are the paths written
+    (relative, sorted) and ``truth`` the per-item severities, qualities and labels."""
     if key not in GENERATORS:
         raise KeyError(f"unknown dataset {key!r}; known: {', '.join(DATASET_KEYS)}")
+    mix = Mix.coerce(mix)
     merged = dict(DEFAULT_COUNTS[key])
     for k, v in (counts or {}).items():
         if k not in merged:
@@ -483,8 +498,9 @@ def generate_dataset(
         raise ValueError(f"height and width must be even and nframes >= 1, got {height}x{width}x{nframes}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(key, out_dir, seed, dict(merged), (nframes, height, width), fps)
+    ctx = Ctx(key, out_dir, seed, dict(merged), (nframes, height, width), fps, mix)
     truth = GENERATORS[key](ctx)
     files = sorted(ctx.written)
     log.info("%s: wrote %d files (%s) into %s", key, len(files), merged, out_dir)
-    return {"dataset": key, "out_dir": str(out_dir), "seed": seed, "counts": merged, "files": files, "truth": truth}
+    summary = {"dataset": key, "out_dir": str(out_dir), "seed": seed, "counts": merged, "mix": asdict(mix)}
+    return summary | {"files": files, "truth": truth}

@@ -1,0 +1,125 @@
+# Judge training: (demo: tiny model + format warm start) -> GRPO stage 1 (images) -> stage 2 task models (video).
+# Checkpoints live beside each model directory (never inside it: Snakemake clears outputs before a job), so a
+# rerun of an interrupted job resumes from the newest complete checkpoint.
+
+if BUILD_TINY:
+
+    rule tiny_model:
+        output:
+            model=directory(f"{RESULTS}/models/tiny"),
+        log:
+            f"{LOGS}/grpo/tiny_model.log",
+        conda:
+            "../environment.yml"
+        params:
+            seed=config["model"]["tiny"].get("seed", 0),
+            hidden=config["model"]["tiny"].get("hidden", 64),
+            layers=config["model"]["tiny"].get("layers", 2),
+            vis_hidden=config["model"]["tiny"].get("vis_hidden", 32),
+            vis_depth=config["model"]["tiny"].get("vis_depth", 2),
+            video_pixels=f"{config['data']['min_pixels']} {config['data']['max_pixels']}",
+        shell:
+            "python -m vqinsight.models.tiny --out {output.model:q} --seed {params.seed} --hidden {params.hidden} "
+            "--layers {params.layers} --vis-hidden {params.vis_hidden} --vis-depth {params.vis_depth} "
+            "--video-pixels {params.video_pixels} > {log:q} 2>&1"
+
+    rule demo_base:
+        input:
+            tiny=f"{RESULTS}/models/tiny",
+            manifests=manifest_files(config["model"]["warm_start"]["datasets"]),
+            caches=cache_files(config["model"]["warm_start"]["datasets"]),
+        output:
+            model=directory(config["model"]["base"]),
+        log:
+            f"{LOGS}/grpo/demo_base.log",
+        benchmark:
+            f"{LOGS}/grpo/demo_base.benchmark.tsv"
+        conda:
+            "../environment.yml"
+        threads: GRPO["threads"]
+        params:
+            tasks=" ".join(config["model"]["warm_start"]["tasks"]),
+            steps=config["model"]["warm_start"]["steps"],
+            batch_size=config["model"]["warm_start"]["batch_size"],
+            lr=config["model"]["warm_start"]["lr"],
+            seed=config["seed"],
+            media=media_args,
+        shell:
+            "python -m vqinsight.grpo.warmstart --base {input.tiny:q} --out {output.model:q} "
+            "--manifests {input.manifests:q} --tasks {params.tasks} --steps {params.steps} "
+            "--batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} --threads {threads} "
+            "{params.media} > {log:q} 2>&1"
+
+
+rule grpo_stage1:
+    input:
+        recipe=GRPO["stage1"]["recipe"],
+        manifests=manifest_files(GRPO["stage1"]["datasets"]),
+        eval=manifest_files(GRPO["stage1"].get("eval_datasets", [])),
+        caches=cache_files(GRPO["stage1"]["datasets"]),
+        base=base_model_input,
+    output:
+        model=directory(f"{RESULTS}/grpo/stage1/model"),
+    log:
+        f"{LOGS}/grpo/stage1.log",
+    benchmark:
+        f"{LOGS}/grpo/stage1.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=GRPO["gpus"],
+        mem_mb=max(16000, 64000 * GRPO["gpus"]),
+        runtime=48 * 60,
+    params:
+        launch=launcher,
+        base=config["model"]["base"],
+        tasks=" ".join(GRPO["stage1"]["tasks"]),
+        checkpoints=f"{RESULTS}/grpo/stage1/checkpoints",
+        seed=config["seed"],
+        media=media_args,
+        trust=trust_flag,
+    shell:
+        "{params.launch} --recipe {input.recipe:q} --model {params.base:q} --manifests {input.manifests:q} "
+        "--tasks {params.tasks} --eval-manifests {input.eval:q} --output-dir {output.model:q} "
+        "--checkpoint-dir {params.checkpoints:q} --seed {params.seed} --threads {threads} {params.trust} "
+        "{params.media} > {log:q} 2>&1"
+
+
+rule grpo_stage2:
+    input:
+        recipe=GRPO["stage2"]["recipe"],
+        init=f"{RESULTS}/grpo/stage1/model",
+        manifests=stage2_manifests,
+        eval=stage2_eval_manifests,
+        caches=stage2_caches,
+    output:
+        model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/model"),
+    log:
+        f"{LOGS}/grpo/stage2_{{task_model}}.log",
+    benchmark:
+        f"{LOGS}/grpo/stage2_{{task_model}}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=GRPO["gpus"],
+        mem_mb=max(16000, 64000 * GRPO["gpus"]),
+        runtime=72 * 60,
+    params:
+        launch=launcher,
+        tasks=stage2_tasks,
+        checkpoints=f"{RESULTS}/grpo/stage2/{{task_model}}/checkpoints",
+        seed=config["seed"],
+        media=media_args,
+        trust=trust_flag,
+    shell:
+        "{params.launch} --recipe {input.recipe:q} --model {input.init:q} --manifests {input.manifests:q} "
+        "--tasks {params.tasks} --eval-manifests {input.eval:q} --output-dir {output.model:q} "
+        "--checkpoint-dir {params.checkpoints:q} --seed {params.seed} --threads {threads} {params.trust} "
+        "{params.media} > {log:q} 2>&1"
+
+
+rule grpo:
+    input:
+        grpo_models,
