@@ -19,6 +19,10 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+envvars:
+    "PATH",
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/grpo.smk"

@@ -70,7 +70,8 @@ def media_args(wildcards):
     lo, hi = d["score_scale"]
     return (
         f"--cache-dir {RESULTS}/frames/cache --nframes {d['nframes']} --max-pixels {d['max_pixels']} "
-        f"--min-pixels {d['min_pixels']} --reader {d['reader']} --scale {lo} {hi}"
+        f"--min-pixels {d['min_pixels']} --image-max-pixels {d['image_max_pixels']} --reader {d['reader']} "
+        f"--scale {lo} {hi}"
     )
 
 

@@ -21,7 +21,7 @@ rule download:
 
 rule manifest:
     input:
-        stamp=ancient(f"{RAW}/{{dataset}}/.fetched.json"),
+        stamp=f"{RAW}/{{dataset}}/.fetched.json",
         code=DATA_CODE,
     output:
         manifest=f"{RESULTS}/manifests/{{dataset}}.parquet",

@@ -18,10 +18,11 @@ if BUILD_TINY:
             vis_hidden=config["model"]["tiny"].get("vis_hidden", 32),
             vis_depth=config["model"]["tiny"].get("vis_depth", 2),
             video_pixels=f"{config['data']['min_pixels']} {config['data']['max_pixels']}",
+            image_pixels=f"{config['data']['min_pixels']} {config['data']['image_max_pixels']}",
         shell:
             "python -m vqinsight.models.tiny --out {output.model:q} --seed {params.seed} --hidden {params.hidden} "
             "--layers {params.layers} --vis-hidden {params.vis_hidden} --vis-depth {params.vis_depth} "
-            "--video-pixels {params.video_pixels} > {log:q} 2>&1"
+            "--video-pixels {params.video_pixels} --image-pixels {params.image_pixels} > {log:q} 2>&1"
 
     rule demo_base:
         input:

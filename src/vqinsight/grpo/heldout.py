@@ -1,0 +1,116 @@
+"""Greedy held-out evaluation of the judge during training: per-task SRCC/PLCC, comparison and yes/no accuracy.
+
+Used before and after each GRPO stage (`eval.json` beside the model) so every run reports whether the judge
+learned. The full benchmark evaluation with tie calibration and both comparison orders is the eval stage's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from ..parsing import completion_text, extract_answer, is_well_formed, parse_choice, parse_dimensions, parse_score
+from .data import MediaLoader, messages_for
+
+log = logging.getLogger("vqinsight.heldout")
+DIMS = ("spatial", "temporal", "alignment")
+
+
+def generate(
+    model,
+    processor,
+    rows: list[dict],
+    loader: MediaLoader,
+    style: str,
+    scale: tuple[float, float],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy completions for rows (left-padded batches; vision placeholder tokens never sampled)."""
+    import torch
+    from tqdm import tqdm
+
+    from ..models.load import vision_token_ids
+
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for s in tqdm(range(0, len(rows), batch_size), desc="held-out eval", unit="batch", disable=None):
+        texts, images, videos = [], [], []
+        for r in rows[s : s + batch_size]:
+            msgs = messages_for(r, loader, style, scale)
+            for part in msgs[-1]["content"]:
+                if part["type"] == "image":
+                    images.append(part["image"])
+                elif part["type"] == "video":
+                    videos.append(part["video"])
+            texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        inp = processor(
+            text=texts,
+            images=images or None,
+            videos=videos or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(device)
+        with torch.no_grad():
+            seq = model.generate(
+                **inp, do_sample=False, max_new_tokens=max_new_tokens, suppress_tokens=vision_token_ids(model)
+            )
+        out += processor.batch_decode(seq[:, inp["input_ids"].shape[1] :], skip_special_tokens=True)
+    model.train(was_training)
+    return out
+
+
+def _corr(pred: list[float], gt: list[float]) -> dict[str, float]:
+    if len(pred) < 3 or np.std(pred) == 0:
+        return {"srcc": 0.0, "plcc": 0.0}  # a constant prediction carries no ranking information
+    return {"srcc": float(np.nan_to_num(metrics.srcc(pred, gt))), "plcc": float(np.nan_to_num(metrics.plcc(pred, gt)))}
+
+
+def score(rows: list[dict], texts: list[str], scale: tuple[float, float]) -> dict[str, Any]:
+    """Metrics per task. Unparsable answers count as the scale midpoint (scores) or as wrong (choices)."""
+    mid = (scale[0] + scale[1]) / 2
+    by_task: dict[str, list[tuple[dict, str]]] = {}
+    for r, t in zip(rows, texts, strict=True):
+        by_task.setdefault(r["task"], []).append((r, t))
+    res: dict[str, Any] = {}
+    for task, items in sorted(by_task.items()):
+        answers = [extract_answer(completion_text(t)) for _, t in items]
+        m: dict[str, Any] = {"n": len(items), "format_rate": float(np.mean([is_well_formed(t) for _, t in items]))}
+        if task in ("image_score", "video_score"):
+            pred = [p if (p := parse_score(a)) is not None else mid for a in answers]
+            m.update(_corr(pred, [r["gt_score"] for r, _ in items]), pred_std=float(np.std(pred)))
+        elif task == "multidim_score":
+            parsed = [parse_dimensions(a) or {} for a in answers]
+            for d in DIMS:
+                m[d] = _corr([p.get(d, mid) for p in parsed], [r["gt_scores"][d] for r, _ in items])
+            m["srcc"] = float(np.mean([m[d]["srcc"] for d in DIMS]))
+        elif task == "comparison":
+            human = [{"A": 1, "B": -1}.get(r["gt_choice"], 0) for r, _ in items]
+            margin = [{"A": 1.0, "B": -1.0}.get(parse_choice(a) or "", 0.0) for a in answers]
+            m["accuracy"] = float(np.nan_to_num(metrics.accuracy_without_ties(human, margin)))
+            m["rate_A"] = float(np.mean([x > 0 for x in margin]))
+        elif task == "vqa":
+            m["accuracy"] = float(
+                np.mean([parse_choice(a) == r["gt_choice"] for a, (r, _) in zip(answers, items, strict=True)])
+            )
+        res[task] = m
+    return res
+
+
+def evaluate(
+    model, processor, rows: list[dict], loader: MediaLoader, style: str, scale: tuple[float, float], **gen_kw: Any
+) -> dict[str, Any]:
+    texts = generate(model, processor, rows, loader, style, scale, **gen_kw)
+    res = score(rows, texts, scale)
+    res["examples"] = [
+        {"sample_id": r["sample_id"], "completion": t} for r, t in list(zip(rows, texts, strict=True))[:5]
+    ]
+    log.info("held-out: %s", {k: v for k, v in res.items() if k != "examples"})
+    return res

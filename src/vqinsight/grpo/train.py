@@ -1,0 +1,261 @@
+"""GRPO training of the judge (stage 1: images; stage 2: video tasks with temporal and length rewards).
+
+    accelerate launch --config_file config/accelerate/zero3.yaml --num_processes 8 -m vqinsight.grpo \\
+        --recipe config/recipes/paper_stage2.yaml --model results/paper/grpo/stage1/model \\
+        --manifests results/paper/manifests/visionreward.parquet --tasks comparison vqa \\
+        --output-dir results/paper/grpo/stage2/comp/model \\
+        --checkpoint-dir results/paper/grpo/stage2/comp/checkpoints \\
+        --cache-dir results/paper/frames/cache --nframes 16 --max-pixels 100352
+
+Checkpoints are written every `save_steps` to --checkpoint-dir (never to the output directory, which Snakemake
+clears before a job); a checkpoint counts once its `COMPLETE` marker exists, and a rerun resumes from the newest
+complete one. The final model, `curves.csv` (every logged metric per step), `eval.json` (held-out metrics before and
+after) and `meta.json` go to --output-dir, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from .common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
+
+log = logging.getLogger("vqinsight.grpo")
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class Recipe:
+    """A stage recipe (config/recipes/*.yaml). Every key is required to be known: typos are errors."""
+
+    trainer: dict[str, Any]
+    rewards: dict[str, Any]
+    prompt_style: str = "full"
+    temporal: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    limit: int | None = None
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prompt_style not in ("full", "short"):
+            raise ValueError(f"prompt_style must be 'full' or 'short', got {self.prompt_style!r}")
+        for k in ("num_generations", "max_completion_length", "learning_rate", "beta"):
+            if k not in self.trainer:
+                raise ValueError(f"trainer.{k} is required (the paper fixes it; no silent default)")
+        unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
+        if unknown:
+            raise ValueError(f"unknown temporal key(s) {sorted(unknown)}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise ValueError(f"{path}: unknown recipe key(s) {bad}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """Newest checkpoint with a COMPLETE marker; incomplete ones (a kill during saving) are removed."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if not m or not d.is_dir():
+            continue
+        if (d / COMPLETE).exists():
+            found.append((int(m.group(1)), d))
+        else:
+            log.warning("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def _callbacks(curves_path: Path):
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Runs after the Trainer finished writing a checkpoint: only then is it trusted for resuming."""
+
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if d.is_dir():
+                    (d / COMPLETE).write_text(f"{state.global_step}\n")
+
+    class CsvLog(TrainerCallback):
+        """Appends every log record to a CSV while training runs (live monitoring)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs:
+                new = not curves_path.exists()
+                with open(curves_path, "a", newline="") as f:
+                    w = csv.writer(f)
+                    if new:
+                        w.writerow(["step", "key", "value"])
+                    for k, v in sorted(logs.items()):
+                        if isinstance(v, int | float):
+                            w.writerow([state.global_step, k, v])
+
+    return [MarkComplete(), CsvLog()]
+
+
+def curves_table(log_history: list[dict]) -> str:
+    """Wide CSV of the trainer's log history: one row per logged step, one column per metric."""
+    rows = [h for h in log_history if "step" in h]
+    keys = sorted({k for h in rows for k, v in h.items() if isinstance(v, int | float) and k != "step"})
+    lines = [",".join(["step", *keys])]
+    for h in rows:
+        lines.append(",".join([str(h["step"]), *("" if h.get(k) is None else repr(float(h[k])) for k in keys)]))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", required=True, type=Path)
+    ap.add_argument("--model", required=True, help="init model: hub id or local directory")
+    ap.add_argument("--manifests", nargs="+", required=True)
+    ap.add_argument("--tasks", nargs="+", required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--output-dir", required=True, type=Path)
+    ap.add_argument("--checkpoint-dir", required=True, type=Path)
+    ap.add_argument("--eval-manifests", nargs="*", default=[])
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    ap.add_argument("--trust-remote-code", action="store_true")
+    add_media_args(ap)
+    return ap.parse_args(argv)
+
+
+def _held_out(a, recipe: Recipe, loader, scale):
+    from .data import select_rows, to_records
+
+    if not a.eval_manifests:
+        return []
+    n = recipe.eval.get("n", 128)
+    return to_records(select_rows(a.eval_manifests, a.tasks, a.eval_split, limit=n, seed=a.seed + 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = Recipe.load(a.recipe)
+    for m in [*a.manifests, *a.eval_manifests]:
+        if not Path(m).is_file():
+            log.error("%s: data manifest not found (run the manifest rule: snakemake %s)", m, m)
+            return 2
+    import torch
+    from trl import GRPOConfig
+
+    from ..models.load import load_model_and_processor
+    from .data import MediaLoader, build_dataset, select_rows, to_records
+    from .heldout import evaluate
+    from .reward_funcs import build_reward_funcs
+    from .trainer import VideoGRPOTrainer
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    seed_everything(a.seed)
+    scale = (a.scale[0], a.scale[1])
+    cuda = torch.cuda.is_available()
+    tk = dict(recipe.trainer)
+    dtype = "bfloat16" if cuda and tk.get("bf16") else "float32"
+    try:
+        model, processor = load_model_and_processor(
+            a.model, trust_remote_code=a.trust_remote_code, dtype=dtype, **processor_pixels(a)
+        )
+    except (FileNotFoundError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    loader = MediaLoader(media_spec(a))
+    rows = to_records(select_rows(a.manifests, a.tasks, a.split, limit=recipe.limit, seed=a.seed))
+    dataset = build_dataset(rows, loader, recipe.prompt_style, scale)
+    funcs, weights = build_reward_funcs({**recipe.rewards, "score_min": scale[0], "score_max": scale[1]})
+
+    a.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    eval_rows = _held_out(a, recipe, loader, scale)
+    gen_kw = {
+        "batch_size": recipe.eval.get("batch_size", 32),
+        "max_new_tokens": recipe.eval.get("max_new_tokens", tk["max_completion_length"]),
+    }
+    before_path = a.checkpoint_dir / "eval_before.json"
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if eval_rows and not before_path.exists() and is_main:
+        atomic_write_json(
+            before_path, evaluate(model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
+        )
+
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(a.checkpoint_dir / "tensorboard"))
+    tk.setdefault("save_steps", 50)
+    tk.setdefault("logging_steps", 10)
+    args = GRPOConfig(
+        output_dir=str(a.checkpoint_dir),
+        save_strategy="steps",
+        seed=a.seed,
+        use_cpu=not cuda,
+        report_to=["tensorboard"],
+        reward_weights=weights,
+        remove_unused_columns=False,
+        **tk,
+    )
+    t = recipe.temporal
+    trainer = VideoGRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=_callbacks(a.checkpoint_dir / "curves.live.csv"),
+        temporal=bool(t.get("enabled", False)),
+        temporal_rollouts=t.get("rollouts"),
+        alpha=t.get("alpha", 0.3),
+        mu=t.get("mu", 0.8),
+        strict=t.get("strict", True),
+        score_tolerance=t.get("score_tolerance", 0.5),
+    )
+    resume = latest_checkpoint(a.checkpoint_dir)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    if trainer.accelerator.is_main_process:
+        model = trainer.model
+        out = save_atomically(model, processor, a.output_dir)
+        atomic_write_text(out / "curves.csv", curves_table(trainer.state.log_history))
+        result: dict[str, Any] = {
+            "resumed_from": str(resume) if resume else None,
+            "global_step": trainer.state.global_step,
+        }
+        if eval_rows:
+            result["before"] = json.loads(before_path.read_text())
+            result["after"] = evaluate(model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
+        atomic_write_json(out / "eval.json", result)
+        write_meta(
+            out / "meta.json",
+            {"recipe": asdict(recipe), "args": {k: str(v) for k, v in vars(a).items()}},
+            global_step=trainer.state.global_step,
+            resumed_from=result["resumed_from"],
+        )
+        log.info("saved %s (step %d)", out, trainer.state.global_step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""``VideoGRPOTrainer``: TRL's GRPO with images *and* videos in every forward, plus the temporal modeling reward.
+
+Stock TRL 1.16 is video-blind outside generation (huggingface/trl#4144): the policy, old and reference log-prob
+forwards never see ``pixel_values_videos``, so the vision tower gets no gradient. It also ignores images placed inside
+the message content (it only forwards images of an ``image`` / ``images`` column). This subclass captures the
+processor output of the generation call, splits it per row (one dict of tensors per row, a Python list that survives
+TRL's shuffle / split of the generation batch) and feeds it to every forward, so a batch may mix an image-score row,
+a two-video comparison row and a text-only row.
+
+Temporal modeling reward (Eq. 4, T-GRPO of Video-R1 / VQ-Insight): for every prompt with a video, ``temporal_rollouts``
+extra completions are sampled on a copy whose videos' frames are permuted (each video with its own permutation). They
+are never trained on; they only give the shuffled accuracy p̃ of the group. Correct ordered rollouts of a group get
++α when p > μ·p̃ (``strict``; ``>=`` as in the official code otherwise). The bonus is a reward function appended by
+the trainer (``rewards/temporal/mean``), so it enters the advantage like any other reward.
+"""
+
+# Pinned to trl==1.16.0 (see pyproject.toml). This module overrides or calls PRIVATE GRPOTrainer hooks whose
+# signatures change between TRL releases: _tokenize_prompts, _generate_single_turn, _generate_and_score_completions,
+# _calculate_rewards, _get_per_token_logps_and_entropies, compute_loss, and the attributes generation_kwargs,
+# generation_config, reward_funcs, reward_func_names, reward_weights, reward_processing_classes and _metrics.
+# Re-read them and rerun tests/unit/test_grpo_trainer.py (vision-tower weights must change) before moving the pin.
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+from trl.data_utils import prepare_multimodal_messages
+
+from vqinsight.rewards import is_correct, temporal_bonus
+
+logger = logging.getLogger(__name__)
+
+#: Key of the per-row media list in TRL's generation batch (a name TRL itself never reads).
+MEDIA_KEY = "vq_media"
+#: Model-config attributes of the vision placeholder tokens whose sampling is suppressed.
+VISION_TOKEN_ATTRS: tuple[str, ...] = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
+VISION_TOKENS: tuple[str, ...] = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+_IMAGE_FIELDS = ("pixel_values", "image_grid_thw")
+_VIDEO_FIELDS = ("pixel_values_videos", "video_grid_thw")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prompt helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _parts(prompt: Any) -> Iterator[Mapping[str, Any]]:
+    """Content parts of a conversational prompt (nothing for a plain-string prompt)."""
+    if isinstance(prompt, str):
+        return
+    for message in prompt:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            yield from (p for p in content if isinstance(p, Mapping))
+
+
+def count_media(prompt: Any) -> tuple[int, int]:
+    """(number of image parts, number of video parts) of a conversational prompt."""
+    kinds = [p.get("type") for p in _parts(prompt)]
+    return kinds.count("image"), kinds.count("video")
+
+
+def has_video(prompt: Any) -> bool:
+    """Whether the prompt holds at least one ``{"type": "video"}`` part."""
+    return count_media(prompt)[1] > 0
+
+
+def _permute(video: Any, perm: np.ndarray) -> Any:
+    """Frames of ``video`` (array / tensor (T, ...) or a list of frames) in the order ``perm``."""
+    if isinstance(video, np.ndarray):
+        return video[perm]
+    if isinstance(video, torch.Tensor):
+        return video[torch.as_tensor(perm, dtype=torch.long)]
+    if isinstance(video, list | tuple):
+        return [video[i] for i in perm]
+    raise ValueError(f"the temporal reward needs decoded frames, got a video of type {type(video).__name__}")
+
+
+def _non_identity_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``range(n)`` that is not the identity when ``n >= 2``."""
+    if n < 2:
+        return np.arange(n)
+    while True:
+        perm = rng.permutation(n)
+        if not np.array_equal(perm, np.arange(n)):
+            return perm
+
+
+def shuffle_video_frames(
+    prompt: list[dict[str, Any]], rng: np.random.Generator
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Copy of ``prompt`` whose videos have their frames permuted, each video with its own permutation.
+
+    Returns (shuffled prompt, one permutation per video in prompt order). A permutation is never the identity (for
+    >= 2 frames), unlike the official ``torch.randperm``, so every shuffled rollout really sees disordered frames.
+    The input prompt is left untouched; non-video parts are shared with it (they are not modified).
+    """
+    perms: list[np.ndarray] = []
+    shuffled: list[dict[str, Any]] = []
+    for message in prompt:
+        content = message.get("content")
+        if not isinstance(content, list):
+            shuffled.append(dict(message))
+            continue
+        parts: list[Any] = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "video":
+                video = part.get("video")
+                if video is None or isinstance(video, str | bytes):
+                    raise ValueError("the temporal reward needs decoded frames in {'type': 'video', 'video': ...}")
+                perm = _non_identity_permutation(len(video), rng)
+                perms.append(perm)
+                parts.append({**part, "video": _permute(video, perm)})
+            else:
+                parts.append(part)
+        shuffled.append({**message, "content": parts})
+    return shuffled, perms
+
+
+def _fold_column_images(row: dict[str, Any]) -> dict[str, Any]:
+    """Move an ``image`` / ``images`` column into the prompt's image parts (so TRL's image-only path stays off)."""
+    if "image" not in row and "images" not in row:
+        return row
+    images = row.get("images") if "images" in row else ([row["image"]] if row.get("image") is not None else [])
+    out = {k: v for k, v in row.items() if k not in ("image", "images")}
+    out["prompt"] = prepare_multimodal_messages(row["prompt"], images=list(images or []))
+    return out
+
+
+def split_media_per_row(fields: Mapping[str, Any], counts: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Split batched processor output into one dict per row, using each row's (images, videos) count.
+
+    Keeps ``pixel_values`` / ``image_grid_thw`` / ``pixel_values_videos`` / ``video_grid_thw`` (tensors) and
+    ``second_per_grid_ts`` (list of floats); a row without media gets ``{}``. ``mm_token_type_ids`` is rebuilt from
+    the token ids at forward time, so it is not kept.
+    """
+    grids = {key: fields.get(key) for key in ("image_grid_thw", "video_grid_thw")}
+    sizes = {key: (g.prod(-1).tolist() if g is not None else []) for key, g in grids.items()}
+    n_img, n_vid = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if len(sizes["image_grid_thw"]) != n_img or len(sizes["video_grid_thw"]) != n_vid:
+        raise ValueError(
+            f"prompts hold {n_img} images / {n_vid} videos but the processor returned "
+            f"{len(sizes['image_grid_thw'])} / {len(sizes['video_grid_thw'])} grids"
+        )
+    spg = fields.get("second_per_grid_ts")
+    spg = [float(t) for t in (spg.tolist() if isinstance(spg, torch.Tensor) else (spg or []))]
+    rows: list[dict[str, Any]] = []
+    cursor = {"image": [0, 0], "video": [0, 0]}  # [item index, pixel row]
+    for n_images, n_videos in counts:
+        row: dict[str, Any] = {}
+        for kind, n, (pix, grid) in (("image", n_images, _IMAGE_FIELDS), ("video", n_videos, _VIDEO_FIELDS)):
+            if n == 0:
+                continue
+            item, pixel = cursor[kind]
+            n_rows = sum(sizes[grid][item : item + n])
+            row[pix] = fields[pix][pixel : pixel + n_rows]
+            row[grid] = fields[grid][item : item + n]
+            if kind == "video" and spg:
+                row["second_per_grid_ts"] = spg[item : item + n]
+            cursor[kind] = [item + n, pixel + n_rows]
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class TemporalRows:
+    """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (correct, total)."""
+
+    has_video: list[bool]
+    shuffled_correct: list[int]
+    shuffled_total: list[int]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trainer
+# ---------------------------------------------------------------------------------------------------------------
+class VideoGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` (1.16.0) for Qwen2.5-VL prompts with 0-2 videos and/or images per row.
+
+    Extra keyword arguments (everything else goes to ``GRPOTrainer``):
+
+    * ``temporal``: add the temporal modeling reward (reward function ``temporal``; rows without video get None).
+    * ``temporal_rollouts``: shuffled-frame rollouts per prompt (default ``G // 2``, the official code).
+    * ``alpha`` / ``mu``: bonus and ratio of Eq. 4 (0.3 / 0.8); ``strict``: ``>`` (paper) or ``>=`` (official code).
+    * ``score_tolerance``: a score answer is correct when within this many scale units (``rewards.is_correct``).
+
+    Correctness uses the row's ``task`` column and its ground-truth columns (``gt_score``, ``gt_scores``,
+    ``gt_choice``). Logged each step: ``temporal/acc_ordered`` and ``temporal/acc_shuffled`` (mean over video groups),
+    ``temporal/bonus_rate`` (fraction of video groups in which some rollout got α), and per task
+    ``task/<task>/reward`` and ``task/<task>/rewards/<name>``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        temporal: bool = False,
+        temporal_rollouts: int | None = None,
+        alpha: float = 0.3,
+        mu: float = 0.8,
+        strict: bool = True,
+        score_tolerance: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (("alpha", alpha), ("mu", mu), ("score_tolerance", score_tolerance)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        super().__init__(*args, **kwargs)
+        if self.use_vllm:  # TRL's vLLM path passes images only (and would double-feed them to the forwards)
+            raise NotImplementedError("VideoGRPOTrainer supports transformers generation only (use_vllm=False)")
+        self.temporal = bool(temporal)
+        self.temporal_rollouts = max(1, self.num_generations // 2) if temporal_rollouts is None else temporal_rollouts
+        if self.temporal and (not isinstance(self.temporal_rollouts, int) or self.temporal_rollouts < 1):
+            raise ValueError(f"temporal_rollouts must be an integer >= 1, got {self.temporal_rollouts!r}")
+        self.alpha, self.mu, self.strict, self.score_tolerance = float(alpha), float(mu), bool(strict), score_tolerance
+        self._media_ctx: list[dict[str, Any]] | None = None  # per-row media of the forward being run
+        self._capture_media = False  # set while TRL tokenizes the ordered prompts
+        self._captured_media: list[dict[str, Any]] | None = None
+        self._temporal_state: TemporalRows | None = None
+        config = self.model.config
+        self._image_token_id = getattr(config, "image_token_id", None) or self._image_pad_token_id
+        self._video_token_id = getattr(config, "video_token_id", None) or self._video_pad_token_id
+        self._suppress_vision_tokens()
+        if self.temporal:
+            self.reward_funcs.append(self._temporal_reward)
+            self.reward_func_names.append("temporal")
+            self.reward_processing_classes.append(None)
+            self.reward_weights = torch.cat([self.reward_weights, torch.ones(1)])
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    def vision_token_ids(self) -> list[int]:
+        """Ids of the image / video / vision_start / vision_end tokens (model config, then tokenizer)."""
+        ids = {getattr(self.model.config, attr, None) for attr in VISION_TOKEN_ATTRS}
+        unk = self._tokenizer.unk_token_id
+        for token in VISION_TOKENS:
+            tid = self._tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != unk:
+                ids.add(tid)
+        return sorted(i for i in ids if isinstance(i, int))
+
+    def _suppress_vision_tokens(self) -> None:
+        """Merge the vision placeholder ids into ``suppress_tokens`` (TRL suppresses only the image token).
+
+        A sampled ``<|video_pad|>`` makes the training forward fail ("Video features and video tokens do not match").
+        Ids already suppressed (TRL's, or ``GRPOConfig.generation_kwargs["suppress_tokens"]``) are kept.
+        """
+        if not hasattr(self, "generation_kwargs"):  # vLLM path: no transformers generation config
+            return
+        current = self.generation_kwargs.get("suppress_tokens") or []
+        merged = sorted({int(t) for t in current} | set(self.vision_token_ids()))
+        self.generation_kwargs["suppress_tokens"] = merged
+        self.generation_config.suppress_tokens = merged
+
+    def _tokenize_prompts(self, prompts: list) -> tuple[list, Any, dict[str, Any]]:
+        """TRL's tokenization; on the ordered-prompt call, also keep the per-row media for the forwards.
+
+        On that call the returned ``images`` is None: TRL hands it back from ``_generate`` and would otherwise build
+        its own image-only forward inputs (from text whose video placeholders it does not expand). Transformers
+        generation reads the media from ``fields`` only, so generation is unaffected.
+        """
+        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        if self._capture_media:
+            self._capture_media = False
+            self._captured_media = split_media_per_row(fields, [count_media(p) for p in prompts])
+            self._media_ctx = self._captured_media  # old / ref log-probs are computed inside super()
+            images = None
+        return prompt_ids, images, fields
+
+    def _generate_shuffled(self, prompts: list[list[dict[str, Any]]]) -> list[str]:
+        """One completion text per prompt, sampled without touching TRL's completion metrics."""
+        with torch.no_grad():
+            prompt_ids, images, fields = self._tokenize_prompts(prompts)
+            completion_ids, _ = self._generate_single_turn(prompt_ids, images, fields, 1)
+        return self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+
+    def _group_size(self) -> int:
+        """Rollouts per prompt in the current mode."""
+        return self.num_generations if self.model.training else self.num_generations_eval
+
+    def _temporal_rollouts(self, inputs: list[dict[str, Any]]) -> TemporalRows:
+        """Sample the shuffled-frame rollouts of every video prompt and score them with ``rewards.is_correct``.
+
+        ``inputs`` hold each prompt G times (TRL's RepeatSampler); the k-th shuffled rollout of a group is drawn by
+        the group's row with within-group index k % G, so a group split over processes still gets exactly
+        ``temporal_rollouts`` of them. A group's permutations come from an rng seeded by (args.seed, global step,
+        global group index): reproducible, and the same on every row and process of the group.
+        """
+        n, group = len(inputs), self._group_size()
+        offset = self.accelerator.process_index * n
+        videos = [has_video(x["prompt"]) for x in inputs]
+        rows: list[int] = []
+        prompts: list[list[dict[str, Any]]] = []
+        for i, x in enumerate(inputs):
+            g = offset + i
+            k = self.temporal_rollouts // group + int(g % group < self.temporal_rollouts % group)
+            if not videos[i] or k == 0:
+                continue
+            rng = np.random.default_rng([int(self.args.seed), int(self.state.global_step), g // group])
+            shuffled, _ = shuffle_video_frames(x["prompt"], rng)
+            rows.extend([i] * k)
+            prompts.extend([shuffled] * k)
+        needed = len(prompts)
+        if self.accelerator.num_processes > 1:  # ZeRO-3 / FSDP generation is collective: all ranks must generate
+            counts = self.accelerator.gather(torch.tensor([needed], device=self.accelerator.device))
+            needed = int(counts.max().item())
+        texts: list[str] = []
+        if needed:
+            texts = self._generate_shuffled(prompts or [inputs[0]["prompt"]])[: len(prompts)]
+        correct, total = [0] * n, [0] * n
+        if rows:
+            comps = [[{"role": "assistant", "content": t}] for t in texts]
+            cols = {k: [inputs[i].get(k) for i in rows] for k in inputs[0] if k not in ("prompt", "task")}
+            tasks = [inputs[i].get("task") for i in rows]
+            for i, ok in zip(
+                rows, is_correct(comps, tasks, score_tolerance=self.score_tolerance, **cols), strict=True
+            ):
+                total[i] += 1
+                correct[i] += int(ok)
+        return TemporalRows(videos, correct, total)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's rollout + scoring, with per-row media kept for the loss and the temporal rollouts run first."""
+        inputs = [_fold_column_images(x) for x in inputs]
+        try:
+            self._temporal_state = self._temporal_rollouts(inputs) if self.temporal else None
+            self._capture_media, self._captured_media = True, None
+            output = super()._generate_and_score_completions(inputs)
+            media = self._captured_media
+        finally:
+            self._capture_media, self._captured_media = False, None
+            self._media_ctx, self._temporal_state = None, None
+        if media is None:  # rollout_func path: TRL never tokenized the prompts itself
+            if any(count_media(x["prompt"]) != (0, 0) for x in inputs):
+                raise NotImplementedError(
+                    "VideoGRPOTrainer: media prompts need TRL's own generation (no rollout_func)"
+                )
+            media = [{} for _ in inputs]
+        output[MEDIA_KEY] = media
+        return output
+
+    # -- rewards ----------------------------------------------------------------------------------------------------
+    def _temporal_reward(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
+        """Eq. 4 bonus per completion (None for rows without video); also logs the temporal metrics."""
+        state, n = self._temporal_state, len(completions)
+        if state is None or len(state.has_video) != n:
+            raise RuntimeError("temporal reward called without the shuffled rollouts of this batch")
+        task = columns.pop("task", None)
+        ordered = is_correct(completions, task, score_tolerance=self.score_tolerance, **columns)
+        local = torch.tensor(
+            [
+                [float(o), float(v), float(c), float(t)]
+                for o, v, c, t in zip(
+                    ordered, state.has_video, state.shuffled_correct, state.shuffled_total, strict=True
+                )
+            ],
+            device=self.accelerator.device,
+        )
+        table = self.accelerator.gather(local).cpu()  # groups may span processes
+        group = self._group_size()
+        if table.size(0) % group:
+            raise RuntimeError(f"{table.size(0)} rollouts are not whole groups of {group}")
+        rewards: list[float | None] = [None] * table.size(0)
+        acc_ordered, acc_shuffled, fired = [], [], []
+        for start in range(0, table.size(0), group):
+            block = table[start : start + group]
+            if not bool(block[:, 1].any()):
+                continue
+            n_correct, n_total = int(block[:, 2].sum()), int(block[:, 3].sum())
+            flags = block[:, 0].tolist()
+            bonus = temporal_bonus(
+                flags, [1] * n_correct + [0] * (n_total - n_correct), self.alpha, self.mu, self.strict
+            )
+            rewards[start : start + group] = bonus
+            acc_ordered.append(sum(flags) / group)
+            if n_total:
+                acc_shuffled.append(n_correct / n_total)
+            fired.append(float(any(b > 0 for b in bonus)))
+        mode = "train" if self.model.training else "eval"
+        for name, values in (("acc_ordered", acc_ordered), ("acc_shuffled", acc_shuffled), ("bonus_rate", fired)):
+            if values:
+                self._metrics[mode][f"temporal/{name}"].append(float(np.mean(values)))
+        start = self.accelerator.process_index * n
+        return rewards[start : start + n]
+
+    def _calculate_rewards(self, inputs: list, prompts: list, completions: list, completion_ids_list: list) -> Any:
+        """TRL's rewards (gathered over processes), plus per-task logging of the total and of each component."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if inputs and "task" in inputs[0]:
+            self._log_per_task(gather_object([str(x.get("task")) for x in inputs]), rewards_per_func)
+        return rewards_per_func
+
+    def _log_per_task(self, tasks: list[str], rewards_per_func: torch.Tensor) -> None:
+        """``task/<task>/reward`` (weighted sum, as TRL's ``reward``) and ``task/<task>/rewards/<name>`` means."""
+        if len(tasks) != rewards_per_func.size(0):
+            logger.warning("per-task logging skipped: %d tasks for %d rewards", len(tasks), rewards_per_func.size(0))
+            return
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        total = (rewards_per_func * weights).nansum(dim=1)
+        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        mode = "train" if self.model.training else "eval"
+        for task in sorted(set(tasks)):
+            mask = torch.tensor([t == task for t in tasks], device=rewards_per_func.device)
+            columns = [("reward", total[mask])]
+            columns += [
+                (f"rewards/{name}", rewards_per_func[mask, i]) for i, name in enumerate(self.reward_func_names)
+            ]
+            for name, values in columns:
+                if not bool(torch.isnan(values).all()):
+                    self._metrics[mode][f"task/{task}/{name}"].append(torch.nanmean(values).item())
+
+    # -- forwards ---------------------------------------------------------------------------------------------------
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """TRL's loss, with this micro-batch's per-row media available to the policy forward."""
+        self._media_ctx = inputs.get(MEDIA_KEY)
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._media_ctx = None
+
+    def _media_inputs(self, media: Sequence[Mapping[str, Any]], input_ids: torch.Tensor) -> dict[str, Any]:
+        """Model kwargs of a chunk of rows: concatenated image / video tensors and ``mm_token_type_ids``."""
+        out: dict[str, Any] = {
+            "mm_token_type_ids": (input_ids == self._image_token_id).long()
+            + 2 * (input_ids == self._video_token_id).long()
+        }
+        for key in (*_IMAGE_FIELDS, *_VIDEO_FIELDS):
+            tensors = [row[key] for row in media if key in row]
+            if tensors:
+                out[key] = torch.cat(tensors).to(input_ids.device)
+        spg = [t for row in media for t in row.get("second_per_grid_ts", [])]
+        if "video_grid_thw" in out and len(spg) == out["video_grid_thw"].size(0):
+            out["second_per_grid_ts"] = torch.tensor(spg, device=input_ids.device)
+        return out
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_to_keep: int,
+        batch_size: int | None = None,
+        compute_entropy: bool = False,
+        compute_aux_loss: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """TRL's chunked completion log-probs, with each chunk's rows' images and videos (per-row media list)."""
+        media = self._media_ctx
+        if media is None:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size,
+                compute_entropy,
+                compute_aux_loss,
+                **kwargs,
+            )
+        stray = sorted(k for k, v in kwargs.items() if v is not None)
+        if stray or len(media) != input_ids.size(0):
+            raise RuntimeError(
+                f"per-row media mismatch: {len(media)} rows for {input_ids.size(0)}, TRL kwargs {stray}"
+            )
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux_losses = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            model_inputs = {"input_ids": ids, "attention_mask": mask, **self._media_inputs(media[start:end], ids)}
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100  # only the completion tokens are scored
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                aux_losses.append(outputs.aux_loss)
+        return (
+            torch.cat(logps, dim=0),
+            torch.cat(entropies, dim=0) if compute_entropy else None,
+            torch.stack(aux_losses).mean() if compute_aux_loss else None,
+        )

@@ -1,0 +1,413 @@
+"""Tests of ``VideoGRPOTrainer`` (TRL 1.16 private hooks) and of the GRPO reward-function recipe.
+
+Each training test runs one or two real GRPO steps of a tiny random Qwen2.5-VL on CPU. The trainer relies on private
+TRL hooks, so the vision-tower tests are the regression guard against TRL silently going video-blind again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+from transformers import AutoProcessor
+from trl import GRPOConfig
+from trl.trainer.utils import get_callable_name
+
+from vqinsight.grpo.reward_funcs import NamedReward, build_reward_funcs, make_length_reward
+from vqinsight.grpo.trainer import (
+    VideoGRPOTrainer,
+    count_media,
+    shuffle_video_frames,
+    split_media_per_row,
+)
+from vqinsight.models.tiny import build_tiny
+from vqinsight.parsing import completion_text
+
+logger = logging.getLogger(__name__)
+
+FRAMES, HEIGHT, WIDTH = 4, 56, 84
+DIMS = {"spatial": 3.0, "temporal": 2.0, "alignment": 4.0}
+# (task, number of videos, number of images, gt_score, gt_scores, gt_choice)
+ROWS: list[tuple[str, int, int, float | None, dict | None, str | None]] = [
+    ("video_score", 1, 0, 3.0, None, None),
+    ("comparison", 2, 0, None, None, "A"),
+    ("image_score", 0, 1, 4.0, None, None),
+    ("vqa", 1, 0, None, None, "yes"),
+    ("multidim_score", 1, 0, None, DIMS, None),
+    ("comparison", 2, 0, None, None, "B"),
+    ("vqa", 0, 0, None, None, "no"),  # text-only row
+    ("video_score", 1, 0, 2.0, None, None),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures and helpers
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and two threads on a shared 2-core box slow down ~100x (spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Qwen2.5-VL (model + processor); loading from a directory makes beta > 0 possible."""
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def video(seed: int, offset: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8 noise video whose frame t also carries its index in pixel (0, 0)."""
+    frames = np.random.default_rng(seed).integers(0, 255, (FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames[:, 0, 0, 0] = np.arange(FRAMES) + offset
+    return frames
+
+
+def prompt_for(n_videos: int, n_images: int, seed: int) -> list[dict[str, Any]]:
+    """A one-turn conversational prompt with the given media."""
+    parts: list[dict[str, Any]] = [{"type": "video", "video": video(seed, 10 * k)} for k in range(n_videos)]
+    rng = np.random.default_rng(100 + seed)
+    parts += [
+        {"type": "image", "image": Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8))}
+        for _ in range(n_images)
+    ]
+    parts.append({"type": "text", "text": "Rate it."})
+    return [{"role": "user", "content": parts}]
+
+
+def _insert_media(batch: dict[str, list]) -> dict[str, list]:
+    """``Dataset.with_transform`` hook: build the prompts (with decoded media) on access."""
+    prompts = [
+        prompt_for(v, i, s) for v, i, s in zip(batch["n_videos"], batch["n_images"], batch["seed"], strict=True)
+    ]
+    return {**batch, "prompt": prompts}
+
+
+def make_dataset(indices: list[int]) -> Dataset:
+    """Rows of ``ROWS`` with the columns the rewards read (None where not applicable)."""
+    rows = [ROWS[i] for i in indices]
+    data = {
+        "task": [r[0] for r in rows],
+        "n_videos": [r[1] for r in rows],
+        "n_images": [r[2] for r in rows],
+        "gt_score": [r[3] for r in rows],
+        "gt_scores": [r[4] for r in rows],
+        "gt_choice": [r[5] for r in rows],
+        "seed": indices,
+    }
+    return Dataset.from_dict(data).with_transform(_insert_media)
+
+
+def text_length_reward(completions: list, **kwargs: Any) -> list[float]:
+    """A reward that differs between the rollouts of a group, so advantages (and gradients) are non-zero."""
+    return [float(len(completion_text(c))) for c in completions]
+
+
+def make_trainer(
+    tiny_dir: Path, tmp_path: Path, indices: list[int], reward_funcs: list | None = None, **kw: Any
+) -> VideoGRPOTrainer:
+    """A VideoGRPOTrainer on rows ``indices``; GRPOConfig overrides and trainer kwargs both come in ``kw``."""
+    trainer_keys = ("temporal", "temporal_rollouts", "alpha", "mu", "strict", "score_tolerance")
+    trainer_kw = {k: kw.pop(k) for k in trainer_keys if k in kw}
+    cfg = {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "no",
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "max_steps": 1,
+        "beta": 0.001,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "seed": 0,
+        **kw,
+    }
+    return VideoGRPOTrainer(
+        model=str(tiny_dir),
+        reward_funcs=reward_funcs or [text_length_reward],
+        args=GRPOConfig(**cfg),
+        train_dataset=make_dataset(indices),
+        processing_class=AutoProcessor.from_pretrained(tiny_dir),
+        **trainer_kw,
+    )
+
+
+def train_and_count_changed(trainer: VideoGRPOTrainer) -> tuple[int, int, dict[str, float]]:
+    """Train; return (vision-tower params changed, vision-tower params, logs of the first step)."""
+    before = {n: p.detach().clone() for n, p in trainer.model.model.visual.named_parameters()}
+    t0 = time.perf_counter()
+    trainer.train()
+    logger.info("%d step(s) in %.2f s", trainer.state.global_step, time.perf_counter() - t0)
+    after = dict(trainer.model.model.visual.named_parameters())
+    changed = sum(not torch.equal(before[n], after[n].detach()) for n in before)
+    return changed, len(before), trainer.state.log_history[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (a) the vision tower trains on video
+# ---------------------------------------------------------------------------------------------------------------
+def test_vision_tower_trains_on_video(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [0, 7])  # single-video score rows, beta > 0 (ref forward too)
+    changed, total, logs = train_and_count_changed(trainer)
+    assert changed >= total - 1, f"only {changed}/{total} vision params changed: forwards are video-blind"
+    assert logs["kl"] == pytest.approx(0.0, abs=1e-6)  # ref and policy forwards saw the same (video) inputs
+
+
+def test_vision_tower_trains_on_comparison_next_to_score_row(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [1, 0], per_device_train_batch_size=8, beta=0.0)
+    changed, total, _ = train_and_count_changed(trainer)
+    assert changed >= total - 1
+
+
+def test_fully_mixed_batch_with_temporal_reward(tiny_dir: Path, tmp_path: Path) -> None:
+    """Image, 1-video, 2-video and text-only rows in one generation batch, split into 2 micro-batches, 2 iterations."""
+    trainer = make_trainer(
+        tiny_dir,
+        tmp_path,
+        list(range(len(ROWS))),
+        per_device_train_batch_size=8,
+        num_generations=2,
+        gradient_accumulation_steps=2,
+        num_iterations=2,
+        temporal=True,
+    )
+    calls = {"generate": 0}
+    original = trainer._generate
+
+    def counting_generate(prompts: list) -> Any:
+        calls["generate"] += 1
+        return original(prompts)
+
+    trainer._generate = counting_generate  # type: ignore[method-assign]
+    changed, total, logs = train_and_count_changed(trainer)
+    assert changed >= total - 1
+    assert calls["generate"] == 1  # shuffled rollouts bypass _generate, so TRL's completion metrics stay clean
+    assert trainer.reward_func_names == ["text_length_reward", "temporal"]
+    for key in ("rewards/temporal/mean", "temporal/acc_ordered", "temporal/acc_shuffled", "temporal/bonus_rate"):
+        assert key in logs
+    for task in ("video_score", "comparison", "image_score", "vqa", "multidim_score"):
+        assert f"task/{task}/reward" in logs
+        assert f"task/{task}/rewards/text_length_reward" in logs
+    assert "task/image_score/rewards/temporal" not in logs  # no video: the temporal reward is None there
+    assert "task/video_score/rewards/temporal" in logs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-row media: batched forward == per-row forwards
+# ---------------------------------------------------------------------------------------------------------------
+def test_split_media_matches_per_row_forward(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [0])
+    proc, pad = trainer.processing_class, trainer._tokenizer.pad_token_id
+    prompts = [prompt_for(0, 1, 2), prompt_for(2, 0, 1), prompt_for(0, 0, 6), prompt_for(1, 1, 3)]
+    fields = proc.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    media = split_media_per_row(fields, [count_media(p) for p in prompts])
+    assert [sorted(m) for m in media][2] == []
+    assert media[1]["video_grid_thw"].shape[0] == 2 and "pixel_values" not in media[1]
+    completion = trainer._tokenizer.encode("<answer>3</answer>")
+    rows = [torch.tensor(ids + completion) for ids in fields["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.full((width - len(r),), pad), r]) for r in rows])
+    mask = (torch.arange(width) >= (width - torch.tensor([len(r) for r in rows])).unsqueeze(1)).long()
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer._media_ctx = media
+        batched, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, len(completion))
+        singles = []
+        for i, row in enumerate(rows):
+            trainer._media_ctx = media[i : i + 1]
+            one = torch.ones(1, len(row), dtype=torch.long)
+            singles.append(
+                trainer._get_per_token_logps_and_entropies(trainer.model, row[None], one, len(completion))[0]
+            )
+    trainer._media_ctx = None
+    torch.testing.assert_close(batched, torch.cat(singles), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) the temporal bonus
+# ---------------------------------------------------------------------------------------------------------------
+CORRECT, WRONG = "<think>t</think><answer>3</answer>", "<think>t</think><answer>1</answer>"
+
+
+def _rows(index: int, copies: int) -> list[dict[str, Any]]:
+    """``copies`` repeated input dicts of ROWS[index], as TRL's RepeatSampler hands them over."""
+    row = make_dataset([index])[0]
+    return [dict(row) for _ in range(copies)]
+
+
+def _completions(texts: list[str]) -> list[list[dict[str, str]]]:
+    return [[{"role": "assistant", "content": t}] for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("shuffled", "mu", "strict", "expected"),
+    [
+        (WRONG, 0.8, True, [0.3, 0.0, 0.3, 0.0]),  # p = 0.5 > 0.8 * 0
+        (CORRECT, 0.8, True, [0.0] * 4),  # p = 0.5 < 0.8 * 1
+        (CORRECT, 0.5, True, [0.0] * 4),  # p = 0.5 = 0.5 * 1: the paper's ">" closes the gate
+        (CORRECT, 0.5, False, [0.3, 0.0, 0.3, 0.0]),  # ... the official ">=" opens it
+    ],
+)
+def test_temporal_group_logic(
+    tiny_dir: Path, tmp_path: Path, shuffled: str, mu: float, strict: bool, expected: list[float]
+) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [0], temporal=True, mu=mu, strict=strict)
+    trainer.model.train()
+    inputs = _rows(0, 4) + _rows(6, 4)  # a video_score group (gt 3.0), then a text-only group
+    seen: list[list] = []
+
+    def fake_shuffled(prompts: list) -> list[str]:
+        seen.append(prompts)
+        return [shuffled] * len(prompts)
+
+    trainer._generate_shuffled = fake_shuffled  # type: ignore[method-assign]
+    trainer._temporal_state = trainer._temporal_rollouts(inputs)
+    assert len(seen) == 1 and len(seen[0]) == 2  # G // 2 shuffled rollouts for the video group, none for text
+    assert trainer._temporal_state.shuffled_total == [1, 1, 0, 0, 0, 0, 0, 0]
+    ordered = _completions([CORRECT, WRONG, CORRECT, WRONG] + [WRONG] * 4)
+    columns = {k: [x[k] for x in inputs] for k in ("task", "gt_score", "gt_scores", "gt_choice")}
+    rewards = trainer._temporal_reward([x["prompt"] for x in inputs], ordered, **columns)
+    assert rewards[:4] == pytest.approx(expected)
+    assert rewards[4:] == [None] * 4  # rows without video get no bonus
+    metrics = trainer._metrics["train"]
+    assert metrics["temporal/acc_ordered"] == [0.5]
+    assert metrics["temporal/acc_shuffled"] == [0.0 if shuffled == WRONG else 1.0]
+    assert metrics["temporal/bonus_rate"] == [1.0 if any(expected) else 0.0]
+
+
+@pytest.mark.parametrize(("shuffled", "bonus_mean"), [(WRONG, 0.15), (CORRECT, 0.0)])
+def test_temporal_bonus_in_a_training_step(tiny_dir: Path, tmp_path: Path, shuffled: str, bonus_mean: float) -> None:
+    """End to end with scripted rollouts: 2 of 4 ordered rollouts correct; shuffled ones all wrong or all right.
+
+    Both scripted completions have the same length, so the temporal bonus is the only source of advantage: the
+    vision tower moves exactly when the bonus fires.
+    """
+    trainer = make_trainer(tiny_dir, tmp_path, [0], temporal=True, beta=0.0)
+    tok = trainer._tokenizer
+    scripted = [tok.encode(t) + [tok.eos_token_id] for t in (CORRECT, WRONG)]
+
+    def fake_ordered(prompt_ids: list, images: Any, fields: Any, num_generations: int, **kw: Any) -> tuple:
+        return [scripted[i % 2] for i in range(len(prompt_ids))], None
+
+    trainer._generate_single_turn = fake_ordered  # type: ignore[method-assign]
+    trainer._generate_shuffled = lambda prompts: [shuffled] * len(prompts)  # type: ignore[method-assign]
+    changed, total, logs = train_and_count_changed(trainer)
+    assert changed >= total - 1 if bonus_mean else changed == 0
+    assert logs["rewards/temporal/mean"] == pytest.approx(bonus_mean)
+    assert logs["temporal/acc_ordered"] == pytest.approx(0.5)
+    assert logs["temporal/acc_shuffled"] == pytest.approx(0.0 if shuffled == WRONG else 1.0)
+    assert logs["task/video_score/rewards/temporal"] == pytest.approx(bonus_mean)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (c) the shuffled copy
+# ---------------------------------------------------------------------------------------------------------------
+def test_shuffled_copy_permutes_each_video_and_leaves_original() -> None:
+    prompt = prompt_for(2, 1, 5)
+    originals = [p["video"].copy() for p in prompt[0]["content"] if p["type"] == "video"]
+    shuffled, perms = shuffle_video_frames(prompt, np.random.default_rng(0))
+    videos = [p["video"] for p in shuffled[0]["content"] if p["type"] == "video"]
+    assert len(perms) == 2
+    for original, new, perm in zip(originals, videos, perms, strict=True):
+        assert not np.array_equal(perm, np.arange(FRAMES))  # really shuffled
+        np.testing.assert_array_equal(new, original[perm])
+    # frame indices: video 1 holds 0..3, video 2 holds 10..13; each is permuted within itself
+    assert sorted(videos[0][:, 0, 0, 0]) == [0, 1, 2, 3] and sorted(videos[1][:, 0, 0, 0]) == [10, 11, 12, 13]
+    for original, part in zip(originals, [p for p in prompt[0]["content"] if p["type"] == "video"], strict=True):
+        np.testing.assert_array_equal(part["video"], original)  # the input prompt is untouched
+    assert [p["type"] for p in shuffled[0]["content"]] == [p["type"] for p in prompt[0]["content"]]
+    # independent permutations across many draws: the two videos are not always shuffled alike
+    rng = np.random.default_rng(1)
+    assert any(not np.array_equal(*shuffle_video_frames(prompt, rng)[1]) for _ in range(20))
+
+
+def test_temporal_rollouts_share_a_permutation_per_group_and_keep_inputs(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [1], temporal=True, temporal_rollouts=3)
+    trainer.model.train()
+    inputs = _rows(1, 4)  # one 2-video comparison group
+    before = [[p["video"].copy() for p in x["prompt"][0]["content"] if p["type"] == "video"] for x in inputs]
+    seen: list = []
+    trainer._generate_shuffled = lambda prompts: seen.extend(prompts) or [WRONG] * len(prompts)  # type: ignore
+    state = trainer._temporal_rollouts(inputs)
+    assert len(seen) == 3 and sum(state.shuffled_total) == 3
+    first = [p["video"] for p in seen[0][0]["content"] if p["type"] == "video"]
+    assert not np.array_equal(first[0], before[0][0]) and not np.array_equal(first[1], before[0][1])
+    for prompt in seen[1:]:  # same permutations for every shuffled rollout of the group (official code)
+        for a, b in zip(first, [p["video"] for p in prompt[0]["content"] if p["type"] == "video"], strict=True):
+            np.testing.assert_array_equal(a, b)
+    for x, videos in zip(inputs, before, strict=True):
+        for part, original in zip([p for p in x["prompt"][0]["content"] if p["type"] == "video"], videos, strict=True):
+            np.testing.assert_array_equal(part["video"], original)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (d) vision placeholder tokens are never sampled
+# ---------------------------------------------------------------------------------------------------------------
+def test_vision_tokens_suppressed_and_user_suppression_kept(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [0], generation_kwargs={"suppress_tokens": [7]})
+    cfg = trainer.model.config
+    vision = {cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id}
+    assert len(vision) == 4
+    assert vision | {7} <= set(trainer.generation_config.suppress_tokens)
+    assert trainer.generation_kwargs["suppress_tokens"] == trainer.generation_config.suppress_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (e) reward recipe and length reward
+# ---------------------------------------------------------------------------------------------------------------
+RECIPE = {
+    "format": 1.0,
+    "score": 1.0,
+    "multi_dim": 0.5,
+    "choice": 2.0,
+    "length": {"weight": 1.0, "gamma": 0.1, "l_min": 3, "l_max": 6},
+    "score_variant": "l1",
+    "score_min": 1,
+    "score_max": 5,
+}
+
+
+def test_build_reward_funcs_names_and_weights() -> None:
+    funcs, weights = build_reward_funcs(RECIPE)
+    assert [get_callable_name(f) for f in funcs] == ["format", "score", "multi_dim", "choice", "length"]
+    assert weights == [1.0, 1.0, 0.5, 2.0, 1.0]
+    assert all(isinstance(f, NamedReward) for f in funcs)
+    score = funcs[1]([CORRECT, "<answer>4.5</answer>"], gt_score=[3.0, 5.0], prompts=["p", "p"])
+    assert score == pytest.approx([1.0, 0.5])
+    assert build_reward_funcs({"choice": 1.0, "score": None})[1] == [1.0]
+    with pytest.raises(ValueError, match="unknown"):
+        build_reward_funcs({"choise": 1.0})
+    with pytest.raises(ValueError, match="unknown option"):
+        build_reward_funcs({"length": {"gamma": 0.1, "lmin": 3}})
+
+
+def test_length_reward_only_for_correct_in_range_completions() -> None:
+    reward = make_length_reward(gamma=0.1, l_min=3, l_max=6)
+    assert get_callable_name(reward) == "length"
+    completions = _completions([CORRECT, CORRECT, CORRECT, WRONG, "<answer>A</answer>", "<answer>B</answer>"])
+    ids = [[0] * 4, [0] * 6, [0] * 2, [0] * 4, [0] * 5, [0] * 5]
+    columns = {
+        "task": ["video_score"] * 4 + ["comparison"] * 2,
+        "gt_score": [3.0] * 4 + [None] * 2,
+        "gt_scores": [None] * 6,
+        "gt_choice": [None] * 4 + ["A", "A"],
+    }
+    out = reward(completions, completion_ids=ids, prompts=["p"] * 6, **columns)
+    # in range + correct; l_max excluded; too short; wrong score; correct choice; wrong choice
+    assert out == pytest.approx([0.1, 0.0, 0.0, 0.0, 0.1, 0.0])
+    inclusive = make_length_reward(gamma=0.1, l_min=3, l_max=6, inclusive=True)
+    assert inclusive(completions, completion_ids=ids, **columns)[1] == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        make_length_reward(gamma=0.1, l_min=6, l_max=3)
