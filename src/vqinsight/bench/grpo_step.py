@@ -1,0 +1,765 @@
+"""One stage-2 GRPO step of the Qwen2.5-VL-7B architecture (random weights): rollouts, log-probs, update, memory.
+
+    python -m vqinsight.bench grpo_step --out $OUT/grpo_step.json              # 7B, bf16, one GPU
+    python -m vqinsight.bench grpo_step --size tiny --nframes 4 --frame-pixels 4704 --generations 2 --shuffled 1 \\
+        --max-new-tokens 4 --steps 1                                              # CPU smoke run
+
+Runs ``VideoGRPOTrainer`` (the project's trainer: per-row video media in every forward, temporal reward from
+frame-shuffled rollouts, the stage-2 reward functions) for ``--steps`` optimizer steps on one prompt repeated G times
+and reports the wall time of each phase of the LAST step; the earlier steps are warm-up (their generation is capped
+at ``--warmup-new-tokens`` to save time). Every phase boundary is CUDA-synchronised. Weights are random and the
+tokenizer is the project's byte-level one (ids < 300, all valid in the 152k vocabulary), so completions are noise and
+all run to ``--max-new-tokens`` unless the EOS id is sampled (the JSON records the real lengths). A CUDA OOM is
+recorded in the JSON (``"oom"``, with the phase it hit and the partial timings) and the exit status is still 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqinsight.provenance import atomic_write_json, device_info, package_versions
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+PATCH, MERGE, TEMPORAL_PATCH = 14, 2, 2
+UNIT = PATCH * MERGE  # 28: frame sides are kept multiples of this so the processor does not resize
+
+#: Qwen2.5-VL-7B-Instruct (config.json of the Hub checkpoint); text defaults of transformers 5.x are the 72B ones,
+#: and the vision default hidden_size (3584) is not the 7B value (1280), so every number is set explicitly.
+TEXT_7B: dict[str, Any] = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "hidden_act": "silu",
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "use_sliding_window": False,
+    "sliding_window": 32768,
+    "max_window_layers": 28,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+VISION_7B: dict[str, Any] = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "hidden_act": "silu",
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "out_hidden_size": 3584,
+    "patch_size": PATCH,
+    "spatial_merge_size": MERGE,
+    "temporal_patch_size": TEMPORAL_PATCH,
+    "tokens_per_second": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+}
+
+#: Stage-2 reward recipe (config/recipes/paper_stage2.yaml); the trainer appends the temporal reward.
+REWARDS: dict[str, Any] = {
+    "format": 1.0,
+    "score": 1.0,
+    "choice": 1.0,
+    "score_variant": "l1",
+    "length": {"weight": 1.0, "gamma": 0.1, "l_min": 320, "l_max": 512, "inclusive": False},
+}
+
+PHASES: dict[str, str] = {
+    "total": "on_step_begin -> on_step_end of the optimizer step (excludes fetching the batch: see 'data')",
+    "data": "dataloader fetch of the step's rows (builds the random videos), before on_step_begin",
+    "generate_and_score": "VideoGRPOTrainer._generate_and_score_completions: everything before the loss",
+    "rollout": "_generate_single_turn of the G ordered prompts (HF generate, incl. vision prefill)",
+    "shuffled_rollout": "_generate_single_turn of the frame-shuffled prompts (temporal reward)",
+    "tokenize": "_tokenize_prompts of the ordered prompts (chat template + video processor, CPU)",
+    "shuffled_tokenize": "_tokenize_prompts of the shuffled prompts",
+    "logprob": "no-grad _get_per_token_logps_and_entropies calls (old / ref log-probs; skipped by TRL 1.16 when "
+    "beta == 0 and generation is aligned with the optimizer step)",
+    "update": "total - generate_and_score: policy forward + backward + grad clip + optimizer step + zero_grad",
+    "update_forward": "compute_loss (policy forward with grad, incl. vision tower, and the GRPO loss)",
+    "update_backward": "training_step - _prepare_inputs - compute_loss (mostly the backward pass)",
+    "optimizer": "on_pre_optimizer_step -> on_optimizer_step (optimizer.step)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model / processor / data
+# ---------------------------------------------------------------------------------------------------------------
+def special_ids(tokenizer: Any) -> dict[str, int]:
+    """Ids of the tokenizer's pad / eos / vision tokens (the model config must use the same ids)."""
+    names = {
+        "pad": "<|endoftext|>",
+        "eos": "<|im_end|>",
+        "image": "<|image_pad|>",
+        "video": "<|video_pad|>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+    }
+    return {k: int(tokenizer.convert_tokens_to_ids(v)) for k, v in names.items()}
+
+
+def build_7b_config(tokenizer: Any | None = None) -> Any:
+    """``Qwen2_5_VLConfig`` of Qwen2.5-VL-7B-Instruct, with the special token ids of ``tokenizer`` (default: tiny)."""
+    from transformers import Qwen2_5_VLConfig
+
+    if tokenizer is None:
+        from vqinsight.models.tiny import build_tokenizer
+
+        tokenizer = build_tokenizer()
+    ids = special_ids(tokenizer)
+    text = {
+        **TEXT_7B,
+        "rope_parameters": dict(TEXT_7B["rope_parameters"]),
+        "bos_token_id": ids["pad"],
+        "eos_token_id": ids["eos"],
+        "pad_token_id": ids["pad"],
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(VISION_7B),
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+        tie_word_embeddings=False,
+    )
+
+
+def count_params(config: Any) -> dict[str, int]:
+    """Parameter counts of a Qwen2.5-VL config, from a meta-device instantiation (no memory, no init)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    return {"total": total, "vision": vision, "language": total - vision}
+
+
+def build_model(size: str, tokenizer: Any, device: Any, dtype: Any, seed: int) -> Any:
+    """A random-weight Qwen2.5-VL (the 7B architecture or the tiny one) on ``device``; same seed, same weights."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    if size == "tiny":
+        from vqinsight.models.tiny import build_model as build_tiny_model
+
+        model = build_tiny_model(tokenizer, seed=seed).to(device=device, dtype=dtype)
+    else:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(
+                build_7b_config(tokenizer), dtype=dtype, attn_implementation="sdpa"
+            )
+    ids = special_ids(tokenizer)
+    model.generation_config.pad_token_id = ids["pad"]
+    model.generation_config.eos_token_id = ids["eos"]
+    model.generation_config.bos_token_id = ids["pad"]
+    return model
+
+
+def frame_size(frame_pixels: int) -> tuple[int, int]:
+    """(H, W), multiples of 28, W ≈ 2H, with H·W <= frame_pixels (exactly 224×448 for 100352 = 128·28²)."""
+    if frame_pixels < UNIT * UNIT:
+        raise ValueError(f"--frame-pixels must be >= {UNIT * UNIT}, got {frame_pixels}")
+    h = max(UNIT, round(math.sqrt(frame_pixels / 2) / UNIT) * UNIT)
+    while h > UNIT and h * UNIT > frame_pixels:
+        h -= UNIT
+    w = max(UNIT, frame_pixels // h // UNIT * UNIT)
+    return h, w
+
+
+def make_video(seed: int, nframes: int, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 noise."""
+    return np.random.default_rng(seed).integers(0, 256, (nframes, height, width, 3), dtype=np.uint8)
+
+
+def make_prompt(task: str, nframes: int, height: int, width: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The full-style stage-2 prompt of ``task`` with random videos (two for comparison)."""
+    from vqinsight.prompts import build_messages
+
+    n_videos = 2 if task == "comparison" else 1
+    media = [make_video(seed * 10 + k, nframes, height, width) for k in range(n_videos)]
+    prompt = "A cat playing a piano in a sunlit room." if task == "comparison" else None
+    return build_messages(task, media=media, prompt=prompt, style="full")
+
+
+def make_dataset(task: str, rows: int, nframes: int, height: int, width: int) -> Any:
+    """``rows`` copies of one prompt (videos built on access) with the ground-truth columns the rewards read."""
+    from datasets import Dataset
+
+    data = {
+        "task": [task] * rows,
+        "gt_score": [3.0 if task == "video_score" else None] * rows,
+        "gt_choice": ["A" if task == "comparison" else None] * rows,
+        "seed": [0] * rows,
+    }
+
+    def transform(batch: dict[str, list]) -> dict[str, list]:
+        prompts = [
+            make_prompt(t, nframes, height, width, s) for t, s in zip(batch["task"], batch["seed"], strict=True)
+        ]
+        return {**batch, "prompt": prompts}
+
+    return Dataset.from_dict(data).with_transform(transform)
+
+
+def prompt_stats(processor: Any, prompt: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, Any]:
+    """Token counts of one prompt as TRL tokenizes it (chat template, generation prompt, video placeholders)."""
+    out = processor.apply_chat_template(
+        conversation=[prompt], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    input_ids = out["input_ids"][0]
+    video = int((input_ids == ids["video"]).sum())
+    grid = out.get("video_grid_thw")
+    return {
+        "tokens": int(input_ids.numel()),
+        "video_tokens": video,
+        "text_tokens": int(input_ids.numel()) - video,
+        "video_grid_thw": grid.tolist() if grid is not None else [],
+        "video_patches": int(grid.prod(-1).sum()) if grid is not None else 0,
+        "note": "text is tokenized byte-level (one token per byte): ~3-4x more text tokens than Qwen's BPE",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------------------------
+class PhaseTimer:
+    """Wall time per named phase and step, CUDA-synchronised at both ends of every phase (phases may nest)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.steps: list[dict[str, Any]] = []
+        self.current: dict[str, Any] | None = None
+        self.pending: dict[str, float] = {}  # phases timed between steps (the batch fetch), moved into the next step
+        self.active: list[str] = []
+        self.failed_in: list[str] | None = None
+        self.info: dict[str, Any] = {}  # facts observed while training (e.g. activation checkpointing really on)
+        self._step_t0 = 0.0
+
+    def sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            with contextlib.suppress(Exception):  # after an OOM / device error: timing is best effort
+                torch.cuda.synchronize()
+
+    def add(self, name: str, seconds: float) -> None:
+        target = self.current["timings_s"] if self.current is not None else self.pending
+        target[name] = target.get(name, 0.0) + seconds
+
+    def stat(self, key: str, **values: Any) -> None:
+        """Accumulate counters (sum) under ``key`` of the current step."""
+        if self.current is None:
+            return
+        bucket = self.current.setdefault(key, {})
+        for k, v in values.items():
+            bucket[k] = bucket.get(k, 0) + v
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.sync()
+        t0 = time.perf_counter()
+        self.active.append(name)
+        try:
+            yield
+        except BaseException:
+            if self.failed_in is None:
+                self.failed_in = list(self.active)
+            raise
+        finally:
+            self.sync()
+            self.active.pop()
+            self.add(name, time.perf_counter() - t0)
+
+    def begin_step(self, index: int) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.current = {"step": index, "complete": False, "timings_s": dict(self.pending)}
+        self.pending = {}
+        self.steps.append(self.current)
+        self.sync()
+        self._step_t0 = time.perf_counter()
+
+    def end_step(self) -> None:
+        self.sync()
+        if self.current is None:
+            return
+        self.current["timings_s"]["total"] = time.perf_counter() - self._step_t0
+        self.current["complete"] = True
+        self.current["memory"] = memory_stats(self.cuda)
+        self.current = None
+
+    def abort_step(self) -> None:
+        """Close the current step after an exception: its total so far and memory peaks are kept, marked partial."""
+        if self.current is None:
+            return
+        self.current["timings_s"]["total_partial"] = time.perf_counter() - self._step_t0
+        self.current["memory"] = memory_stats(self.cuda)
+        self.current = None
+
+
+def memory_stats(cuda: bool) -> dict[str, float | None]:
+    """Peak allocated / reserved GiB since the last reset (None on CPU)."""
+    if not cuda:
+        return {"max_allocated_gib": None, "max_reserved_gib": None}
+    import torch
+
+    return {
+        "max_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+        "max_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+    }
+
+
+def finish_timings(step: dict[str, Any]) -> dict[str, float | None]:
+    """The step's phase table with the derived phases (update, update_backward) and zeros for phases not run."""
+    t = dict(step["timings_s"])
+    for name in ("rollout", "shuffled_rollout", "tokenize", "shuffled_tokenize", "logprob", "data", "optimizer"):
+        t.setdefault(name, 0.0)
+    t.setdefault("total", None)  # None: the step did not finish (see total_partial)
+    total = t["total"]
+    gen = t.get("generate_and_score")
+    t["update"] = total - gen if total is not None and gen is not None else None
+    if "training_step" in t and "prepare_inputs" in t and "update_forward" in t:
+        t["update_backward"] = t["training_step"] - t["prepare_inputs"] - t["update_forward"]
+    return t
+
+
+def rollout_summary(step: dict[str, Any], timings: dict[str, float | None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, phase in (("ordered", "rollout"), ("shuffled", "shuffled_rollout")):
+        s = step.get(f"{key}_tokens", {})
+        n, tokens, secs = s.get("sequences", 0), s.get("tokens", 0), timings.get(phase) or 0.0
+        out[key] = {
+            "calls": s.get("calls", 0),
+            "sequences": n,
+            "tokens": tokens,
+            "mean_completion_length": tokens / n if n else None,
+            "generated_width": s.get("width", 0),
+            "prompt_tokens_max": s.get("prompt_max", 0),
+            "tokens_per_s": tokens / secs if secs > 0 else None,
+            "seconds": secs,
+        }
+    return out
+
+
+def update_estimate(step: dict[str, Any], prompt_tokens: int, params_language: int) -> dict[str, Any]:
+    """Tokens of the policy update and a rough model-FLOP rate: 6·N·tokens, ×4/3 for activation recomputation."""
+    ordered = step.get("ordered_tokens", {})
+    n, completion = ordered.get("sequences", 0), ordered.get("width", 0)
+    tokens = n * (prompt_tokens + completion)  # completions are right-padded to the longest one
+    seconds = step["timings_s"].get("update")
+    flops = 6 * params_language * tokens * 4 / 3
+    return {
+        "tokens": tokens,
+        "tflop_per_s": flops / seconds / 1e12 if seconds else None,
+        "note": "same estimate as the H100 baseline (language-model params only, no attention FLOPs)",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trainer instrumentation
+# ---------------------------------------------------------------------------------------------------------------
+def instrumented_trainer_class(timer: PhaseTimer, warmup_new_tokens: int | None) -> type:
+    """``VideoGRPOTrainer`` subclass whose hooks report to ``timer`` (imports TRL, hence a factory)."""
+    import torch
+
+    from vqinsight.grpo.trainer import VideoGRPOTrainer
+
+    class BenchGRPOTrainer(VideoGRPOTrainer):
+        _bench_shuffled = False
+
+        def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+            with timer.phase("data"):
+                return super().get_batch_samples(*args, **kwargs)
+
+        def training_step(self, *args: Any, **kwargs: Any) -> Any:
+            with timer.phase("training_step"):
+                return super().training_step(*args, **kwargs)
+
+        def _prepare_inputs(self, *args: Any, **kwargs: Any) -> Any:
+            with timer.phase("prepare_inputs"):
+                return super()._prepare_inputs(*args, **kwargs)
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            warmup = self.state.global_step < self.args.max_steps - 1
+            cap = warmup_new_tokens if warmup and warmup_new_tokens else self.max_completion_length
+            self.generation_config.max_new_tokens = cap
+            self.generation_kwargs["max_new_tokens"] = cap
+            with timer.phase("generate_and_score"):
+                return super()._generate_and_score_completions(inputs)
+
+        def _generate_shuffled(self, prompts: list) -> list[str]:
+            self._bench_shuffled = True
+            try:
+                return super()._generate_shuffled(prompts)
+            finally:
+                self._bench_shuffled = False
+
+        def _tokenize_prompts(self, prompts: list) -> Any:
+            with timer.phase("shuffled_tokenize" if self._bench_shuffled else "tokenize"):
+                return super()._tokenize_prompts(prompts)
+
+        def _generate_single_turn(self, prompt_ids: Any, *args: Any, **kwargs: Any) -> Any:
+            key = "shuffled" if self._bench_shuffled else "ordered"
+            with timer.phase("shuffled_rollout" if self._bench_shuffled else "rollout"):
+                completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            lengths = [len(c) for c in completion_ids]
+            timer.stat(f"{key}_tokens", calls=1, sequences=len(lengths), tokens=sum(lengths))
+            if timer.current is not None:
+                bucket = timer.current[f"{key}_tokens"]
+                bucket["width"] = max(bucket.get("width", 0), max(lengths, default=0))
+                bucket["prompt_max"] = max([bucket.get("prompt_max", 0), *(len(p) for p in prompt_ids)])
+            return completion_ids, logprobs
+
+        def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled():
+                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            with timer.phase("logprob"):
+                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+        def compute_loss(self, *args: Any, **kwargs: Any) -> Any:
+            timer.info["activation_checkpointing_in_loss"] = bool(
+                getattr(self.model, "is_activation_checkpointing", 0)
+            )
+            with timer.phase("update_forward"):
+                return super().compute_loss(*args, **kwargs)
+
+    return BenchGRPOTrainer
+
+
+def timing_callback(timer: PhaseTimer, on_step: Callable[[], None]) -> Any:
+    from transformers import TrainerCallback
+
+    class _Timing(TrainerCallback):
+        def __init__(self) -> None:
+            self._opt_t0 = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            timer.begin_step(state.global_step)
+
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            timer.sync()
+            timer.active.append("optimizer")  # popped by on_optimizer_step; left in place if the step raises
+            self._opt_t0 = time.perf_counter()
+
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            timer.sync()
+            if timer.active and timer.active[-1] == "optimizer":
+                timer.active.pop()
+            timer.add("optimizer", time.perf_counter() - self._opt_t0)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            timer.end_step()
+            on_step()
+
+    return _Timing()
+
+
+@contextlib.contextmanager
+def ref_model_factory(build: Callable[[], Any]) -> Iterator[None]:
+    """Make TRL build its reference model (beta > 0) with ``build`` instead of loading it from the config's path."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.create_model_from_path
+    grpo_module.create_model_from_path = lambda *a, **k: build()
+    try:
+        yield
+    finally:
+        grpo_module.create_model_from_path = original
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------------------------
+def _versions() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"python": platform.python_version(), **package_versions()}
+    out["cuda"] = torch.version.cuda
+    out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return out
+
+
+def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    """Build everything, train ``args.steps`` steps, fill ``doc`` (the result document); return the exit status."""
+    import torch
+    from trl import GRPOConfig
+
+    from vqinsight.grpo.reward_funcs import build_reward_funcs
+    from vqinsight.models.tiny import build_processor, build_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available() and not args.cpu
+    if cuda and args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    height, width = frame_size(args.frame_pixels)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer, video_min_pixels=args.frame_pixels, video_max_pixels=args.frame_pixels)
+    ids = special_ids(tokenizer)
+    warmup = args.warmup_new_tokens if args.warmup_new_tokens and args.warmup_new_tokens > 0 else None
+    settings = {
+        "size": args.size,
+        "task": args.task,
+        "nframes": args.nframes,
+        "frame_pixels": args.frame_pixels,
+        "frame_hw": [height, width],
+        "generations": args.generations,
+        "shuffled": args.shuffled,
+        "max_new_tokens": args.max_new_tokens,
+        "warmup_new_tokens": warmup or args.max_new_tokens,
+        "steps": args.steps,
+        "measured_step": args.steps - 1,
+        "optim": args.optim,
+        "beta": args.beta,
+        "beta_note": "paper 0.001: a reference model (+1x weights) and one more no-grad forward per step",
+        "loss_type": "grpo",
+        "learning_rate": 1e-6,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "gradient_checkpointing": True,
+        "bf16": cuda,
+        "dtype": str(dtype),
+        "attn_implementation": None,  # filled in from the built model
+        "cudnn_sdp": not (cuda and args.no_cudnn_sdp),
+        "device": str(device),
+        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "threads": torch.get_num_threads(),
+        "seed": args.seed,
+        "rewards": REWARDS,
+        "temporal": {"enabled": True, "rollouts": args.shuffled, "alpha": 0.3, "mu": 0.8, "strict": True},
+    }
+    doc.update(
+        {
+            "status": "running",
+            "settings": settings,
+            "phase_definitions": PHASES,
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+            "versions": _versions(),
+            "machine": device_info(),
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
+
+    prompt = make_prompt(args.task, args.nframes, height, width)
+    doc["prompt"] = prompt_stats(processor, prompt, ids)
+    config = build_7b_config(tokenizer) if args.size == "7b" else None
+    t0 = time.perf_counter()
+    model = build_model(args.size, tokenizer, device, dtype, args.seed)
+    doc["model_build_s"] = time.perf_counter() - t0
+    settings["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    n_total = sum(p.numel() for p in model.parameters())
+    n_vision = sum(p.numel() for p in model.model.visual.parameters())
+    tc, vc = model.config.text_config, model.config.vision_config
+    doc["model"] = {
+        "architecture": "Qwen2.5-VL-7B-Instruct" if args.size == "7b" else "vqinsight tiny Qwen2.5-VL",
+        "weights": "random",
+        "params": n_total,
+        "params_b": n_total / 1e9,
+        "params_vision": n_vision,
+        "params_language": n_total - n_vision,
+        "text": {k: getattr(tc, k, None) for k in TEXT_7B},
+        "vision": {k: getattr(vc, k, None) for k in VISION_7B},
+        "tie_word_embeddings": model.config.tie_word_embeddings,
+    }
+    if config is not None:
+        doc["model"]["params_meta_count"] = count_params(config)["total"]
+    if cuda:
+        doc["memory_after_model_gib"] = torch.cuda.memory_allocated() / GIB
+    log.info("model %s: %.3f B params built in %.1f s", args.size, n_total / 1e9, doc["model_build_s"])
+
+    funcs, weights = build_reward_funcs(REWARDS)
+    timer = PhaseTimer(cuda)
+
+    def snapshot(status: str) -> None:
+        doc["status"] = status
+        steps = []
+        for step in timer.steps:
+            t = finish_timings(step)
+            steps.append({**step, "timings_s": t, "rollout": rollout_summary(step, t)})
+        for step in steps:
+            step["update_estimate"] = update_estimate(step, doc["prompt"]["tokens"], doc["model"]["params_language"])
+        doc["steps"] = steps
+        doc["observed"] = dict(timer.info)
+        last = steps[-1] if steps else None
+        doc["timings_s"] = last["timings_s"] if last else {}
+        doc["rollout"] = last["rollout"] if last else {}
+        doc["update_estimate"] = last["update_estimate"] if last else {}
+        peaks = (last.get("memory") if last else None) or memory_stats(cuda)
+        doc["memory"] = {
+            **peaks,
+            "scope": "peak over the last (measured) step; reset at its on_step_begin",
+        }
+        doc["timestamp"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if args.out is not None:
+            atomic_write_json(args.out, doc)
+
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="vqinsight-bench-grpo-") as tmp:
+        config_kw: dict[str, Any] = {
+            "output_dir": tmp,
+            "per_device_train_batch_size": args.generations,
+            "num_generations": args.generations,
+            "max_completion_length": args.max_new_tokens,
+            "bf16": cuda,
+            "use_cpu": not cuda,
+            "gradient_checkpointing": True,
+            "learning_rate": 1e-6,
+            "beta": args.beta,
+            "loss_type": "grpo",
+            "optim": args.optim,
+            "max_steps": args.steps,
+            "temperature": 1.0,
+            "top_p": 0.95,
+            "report_to": "none",
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "remove_unused_columns": False,
+            "reward_weights": weights,
+            "seed": args.seed,
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+        }
+        trainer_cls = instrumented_trainer_class(timer, warmup)
+        trainer = None
+        try:
+            with ref_model_factory(lambda: build_model(args.size, tokenizer, device, dtype, args.seed)):
+                trainer = trainer_cls(
+                    model=model,
+                    reward_funcs=funcs,
+                    args=GRPOConfig(**config_kw),
+                    train_dataset=make_dataset(args.task, args.steps, args.nframes, height, width),
+                    processing_class=processor,
+                    temporal=True,
+                    temporal_rollouts=args.shuffled,
+                )
+            trainer.add_callback(timing_callback(timer, lambda: snapshot("running")))
+            settings["reference_model"] = trainer.ref_model is not None
+            if cuda:
+                doc["memory_before_train_gib"] = torch.cuda.memory_allocated() / GIB
+            trainer.train()
+            doc["trl_log"] = [h for h in trainer.state.log_history if "loss" in h][-1:]
+            snapshot("ok")
+        except torch.cuda.OutOfMemoryError as e:
+            doc["failed_phase"] = timer.failed_in or list(timer.active) or ["(no timed phase)"]
+            timer.abort_step()
+            doc["oom"] = f"{type(e).__name__}: {str(e)[:1500]}"
+            log.error("CUDA OOM in %s: %s", doc["failed_phase"], str(e).splitlines()[0] if str(e) else e)
+            snapshot("oom")
+        except Exception as e:  # noqa: BLE001 - the JSON must come back whatever happened
+            doc["failed_phase"] = timer.failed_in or list(timer.active) or ["(no timed phase)"]
+            timer.abort_step()
+            doc["error"] = f"{type(e).__name__}: {e}"
+            doc["traceback"] = traceback.format_exc()[-6000:]
+            log.exception("grpo_step failed in %s", doc["failed_phase"])
+            snapshot("error")
+            status = 1
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m vqinsight.bench grpo_step", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("results/bench/grpo_step.json"))
+    ap.add_argument("--size", choices=("7b", "tiny"), default="7b")
+    ap.add_argument("--task", choices=("comparison", "video_score"), default="comparison")
+    ap.add_argument("--nframes", type=int, default=16)
+    ap.add_argument("--frame-pixels", type=int, default=100352, help="pixels per frame (128*28*28: 224x448)")
+    ap.add_argument("--generations", type=int, default=8, help="G ordered rollouts (= per-device batch)")
+    ap.add_argument("--shuffled", type=int, default=4, help="frame-shuffled rollouts per prompt (temporal reward)")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument(
+        "--warmup-new-tokens",
+        type=int,
+        default=64,
+        help="generation cap of the warm-up steps (0: same as --max-new-tokens)",
+    )
+    ap.add_argument("--optim", choices=("adamw_torch", "adamw_torch_fused", "adafactor"), default="adamw_torch")
+    ap.add_argument("--beta", type=float, default=0.0, help="KL coefficient (paper 0.001 adds a reference model)")
+    ap.add_argument("--steps", type=int, default=2, help="optimizer steps; the last one is reported")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--no-cudnn-sdp", action="store_true", help="disable the cuDNN SDPA backend (see FINDINGS.md)")
+    ap.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: run the bench, write the JSON atomically (also on OOM / error), log a one-line summary."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if min(args.nframes, args.generations, args.shuffled, args.max_new_tokens, args.steps) < 1:
+        ap.error("--nframes, --generations, --shuffled, --max-new-tokens and --steps must be >= 1")
+    if args.nframes % TEMPORAL_PATCH:
+        ap.error(f"--nframes must be a multiple of {TEMPORAL_PATCH}")
+    if args.generations < 2:
+        ap.error("--generations must be >= 2 (GRPO needs a group)")
+    if args.beta < 0:
+        ap.error("--beta must be >= 0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    doc: dict[str, Any] = {"name": "grpo_step", "status": "starting", "oom": None, "error": None}
+    doc["argv"] = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = run(args, doc)
+    except Exception as e:  # noqa: BLE001 - a failure before training (model build, processor): JSON still written
+        import torch
+
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        doc["status"] = "oom" if oom else "error"
+        doc["oom" if oom else "error"] = f"{type(e).__name__}: {str(e)[:1500]}"
+        doc["traceback"] = traceback.format_exc()[-6000:]
+        doc["timestamp"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        log.exception("grpo_step failed before training")
+        atomic_write_json(args.out, doc)
+        status = 0 if oom else 1
+    t = doc.get("timings_s", {})
+    mem = doc.get("memory", {})
+
+    def f(x: Any, fmt: str = "%.2f") -> str:
+        return fmt % x if isinstance(x, int | float) else "n/a"
+
+    log.info(
+        "grpo_step %s [%s] %s: total %s s | rollout %s s (%s tok/s) | shuffled %s s | logprob %s s | update %s s"
+        " | peak alloc %s GiB reserved %s GiB | %s",
+        args.size,
+        doc.get("gpu") or "cpu",
+        doc["status"],
+        f(t.get("total")),
+        f(t.get("rollout")),
+        f(doc.get("rollout", {}).get("ordered", {}).get("tokens_per_s"), "%.1f"),
+        f(t.get("shuffled_rollout")),
+        f(t.get("logprob")),
+        f(t.get("update")),
+        f(mem.get("max_allocated_gib"), "%.1f"),
+        f(mem.get("max_reserved_gib"), "%.1f"),
+        args.out,
+    )
+    return status
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
