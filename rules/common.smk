@@ -113,6 +113,13 @@ def stage2_caches(wildcards):
     return cache_files(stage2_spec(wildcards)["datasets"])
 
 
+def stage2_init(wildcards):
+    """Stage 2 starts from stage 1's model, or from its format warm start where one is configured (demo)."""
+    if "format_warm_start" in GRPO["stage2"]:
+        return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/init"
+    return f"{RESULTS}/grpo/stage1/model"
+
+
 def stage2_tasks(wildcards):
     return " ".join(stage2_spec(wildcards)["tasks"])
 

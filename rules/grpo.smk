@@ -87,10 +87,38 @@ rule grpo_stage1:
         "{params.media} > {log:q} 2>&1"
 
 
+if "format_warm_start" in GRPO["stage2"]:
+
+    rule stage2_format:
+        input:
+            model=f"{RESULTS}/grpo/stage1/model",
+            manifests=stage2_manifests,
+            caches=stage2_caches,
+        output:
+            model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/init"),
+        log:
+            f"{LOGS}/grpo/stage2_format_{{task_model}}.log",
+        conda:
+            "../environment.yml"
+        threads: GRPO["threads"]
+        params:
+            tasks=stage2_tasks,
+            steps=GRPO["stage2"]["format_warm_start"]["steps"],
+            batch_size=GRPO["stage2"]["format_warm_start"]["batch_size"],
+            lr=GRPO["stage2"]["format_warm_start"]["lr"],
+            seed=config["seed"],
+            media=media_args,
+        shell:
+            "python -m vqinsight.grpo.warmstart --base {input.model:q} --out {output.model:q} "
+            "--manifests {input.manifests:q} --tasks {params.tasks} --steps {params.steps} "
+            "--batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} --threads {threads} "
+            "{params.media} > {log:q} 2>&1"
+
+
 rule grpo_stage2:
     input:
         recipe=GRPO["stage2"]["recipe"],
-        init=f"{RESULTS}/grpo/stage1/model",
+        init=stage2_init,
         manifests=stage2_manifests,
         eval=stage2_eval_manifests,
         caches=stage2_caches,
