@@ -27,8 +27,21 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
     for key, counts in (("koniq", {"train": 24, "test": 8}), ("visionreward", {"vqa": 4, "pairs": 12})):
         generate_dataset(key, root / "raw" / key, counts=counts, nframes=4, mix=MIX)
-        assert manifest_main(["--dataset", key, "--raw-dir", str(root / "raw" / key), "--out",
-                              str(root / f"{key}.parquet"), "--quarantine", str(root / f"{key}.q.csv")]) == 0
+        assert (
+            manifest_main(
+                [
+                    "--dataset",
+                    key,
+                    "--raw-dir",
+                    str(root / "raw" / key),
+                    "--out",
+                    str(root / f"{key}.parquet"),
+                    "--quarantine",
+                    str(root / f"{key}.q.csv"),
+                ]
+            )
+            == 0
+        )
     build_tiny(root / "tiny", seed=0)
     return root
 
@@ -36,29 +49,73 @@ def world(tmp_path_factory):
 def _recipe(path: Path, max_steps: int, temporal: bool) -> Path:
     recipe = {
         "prompt_style": "short",
-        "rewards": {"format": 0.5, "score": 1.0, "choice": 1.0, "length": {"weight": 1.0, "gamma": 0.1, "l_min": 2,
-                                                                          "l_max": 40}},
+        "rewards": {
+            "format": 0.5,
+            "score": 1.0,
+            "choice": 1.0,
+            "length": {"weight": 1.0, "gamma": 0.1, "l_min": 2, "l_max": 40},
+        },
         "temporal": {"enabled": temporal, "rollouts": 2},
         "eval": {"n": 8, "batch_size": 8, "max_new_tokens": 8},
-        "trainer": {"num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 8,
-                    "max_steps": max_steps, "learning_rate": 1e-3, "beta": 0.0, "save_steps": 2, "logging_steps": 1,
-                    "dataloader_num_workers": 0, "lr_scheduler_type": "constant"},
+        "trainer": {
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,
+            "max_completion_length": 8,
+            "max_steps": max_steps,
+            "learning_rate": 1e-3,
+            "beta": 0.0,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "dataloader_num_workers": 0,
+            "lr_scheduler_type": "constant",
+        },
     }
     path.write_text(yaml.safe_dump(recipe))
     return path
 
 
 def _cmd(world: Path, out: Path, recipe: Path, manifests: list[str], tasks: list[str], evals: list[str]):
-    return [sys.executable, "-m", "vqinsight.grpo", "--recipe", str(recipe), "--model", str(world / "tiny"),
-            "--manifests", *manifests, "--tasks", *tasks, "--eval-manifests", *evals, "--output-dir",
-            str(out / "model"), "--checkpoint-dir", str(out / "checkpoints"), "--cache-dir", str(world / "cache"),
-            "--nframes", "4", "--max-pixels", "4704", "--min-pixels", "784", "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "vqinsight.grpo",
+        "--recipe",
+        str(recipe),
+        "--model",
+        str(world / "tiny"),
+        "--manifests",
+        *manifests,
+        "--tasks",
+        *tasks,
+        "--eval-manifests",
+        *evals,
+        "--output-dir",
+        str(out / "model"),
+        "--checkpoint-dir",
+        str(out / "checkpoints"),
+        "--cache-dir",
+        str(world / "cache"),
+        "--nframes",
+        "4",
+        "--max-pixels",
+        "4704",
+        "--min-pixels",
+        "784",
+        "--threads",
+        "1",
+    ]
 
 
 def test_killed_training_resumes_from_the_newest_complete_checkpoint(world, tmp_path):
     out = tmp_path / "run"
-    cmd = _cmd(world, out, _recipe(tmp_path / "r.yaml", 10, False), [str(world / "koniq.parquet")],
-               ["image_score"], [str(world / "koniq.parquet")])
+    cmd = _cmd(
+        world,
+        out,
+        _recipe(tmp_path / "r.yaml", 10, False),
+        [str(world / "koniq.parquet")],
+        ["image_score"],
+        [str(world / "koniq.parquet")],
+    )
     log1 = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
@@ -89,8 +146,14 @@ def test_killed_training_resumes_from_the_newest_complete_checkpoint(world, tmp_
 
 def test_stage2_step_on_mixed_video_tasks_with_temporal_reward(world, tmp_path):
     out = tmp_path / "s2"
-    cmd = _cmd(world, out, _recipe(tmp_path / "r.yaml", 2, True), [str(world / "visionreward.parquet")],
-               ["comparison", "vqa"], [])
+    cmd = _cmd(
+        world,
+        out,
+        _recipe(tmp_path / "r.yaml", 2, True),
+        [str(world / "visionreward.parquet")],
+        ["comparison", "vqa"],
+        [],
+    )
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     header = (out / "model" / "curves.csv").read_text().splitlines()[0].split(",")
@@ -100,8 +163,12 @@ def test_stage2_step_on_mixed_video_tasks_with_temporal_reward(world, tmp_path):
 
 def test_missing_manifest_and_base_model_are_clear_errors(world, tmp_path):
     recipe = _recipe(tmp_path / "r.yaml", 2, False)
-    p = subprocess.run(_cmd(world, tmp_path / "x", recipe, [str(tmp_path / "nope.parquet")], ["image_score"], []),
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        _cmd(world, tmp_path / "x", recipe, [str(tmp_path / "nope.parquet")], ["image_score"], []),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "nope.parquet: data manifest not found" in p.stderr
     cmd = _cmd(world, tmp_path / "x", recipe, [str(world / "koniq.parquet")], ["image_score"], [])
     cmd[cmd.index("--model") + 1] = str(tmp_path / "no-model")
