@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -85,6 +86,49 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
             log.warning("removing incomplete checkpoint %s", d)
             shutil.rmtree(d, ignore_errors=True)
     return max(found)[1] if found else None
+
+
+def _file_identity(path: Path) -> list:
+    """Cheap identity of a file or directory tree: relative names, sizes and mtimes (no hashing of weights)."""
+    if path.is_file():
+        st = path.stat()
+        return [path.name, st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        return [
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(path.rglob("*"))
+            if f.is_file()
+        ]
+    return [str(path)]  # a hub id
+
+
+def run_fingerprint(a: argparse.Namespace) -> str:
+    """What a checkpoint was trained from: recipe text, init model, data, seed and media settings."""
+    ident = {
+        "recipe": Path(a.recipe).read_text(),
+        "model": [a.model, _file_identity(Path(a.model))],
+        "manifests": [[m, _file_identity(Path(m))] for m in a.manifests],
+        "tasks": a.tasks,
+        "split": a.split,
+        "seed": a.seed,
+        "media": [a.nframes, a.max_pixels, a.min_pixels, a.image_max_pixels, a.reader, list(a.scale)],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_checkpoint_dir(ckpt_dir: Path, fingerprint: str) -> None:
+    """Keep checkpoints only if they come from this very configuration; otherwise start clean.
+
+    A rerun after an interruption resumes; a rerun because the recipe, init model or data changed must not.
+    """
+    stamp = ckpt_dir / "run.json"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if old != fingerprint:
+            log.warning("%s holds checkpoints of a different configuration; starting from scratch", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"fingerprint": fingerprint})
 
 
 def _callbacks(curves_path: Path):
@@ -189,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(rows, loader, recipe.prompt_style, scale)
     funcs, weights = build_reward_funcs({**recipe.rewards, "score_min": scale[0], "score_max": scale[1]})
 
-    a.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a))
     eval_rows = _held_out(a, recipe, loader, scale)
     gen_kw = {
         "batch_size": recipe.eval.get("batch_size", 32),

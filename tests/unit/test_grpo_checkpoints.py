@@ -1,0 +1,89 @@
+"""Resume bookkeeping of the GRPO entry point: complete checkpoints only, and only from the same configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqinsight.grpo.train import (
+    COMPLETE,
+    Recipe,
+    claim_checkpoint_dir,
+    curves_table,
+    latest_checkpoint,
+    run_fingerprint,
+)
+
+
+def _ckpt(root, step, complete=True):
+    d = root / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / "trainer_state.json").write_text("{}")
+    if complete:
+        (d / COMPLETE).write_text(str(step))
+    return d
+
+
+def test_latest_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
+    assert latest_checkpoint(tmp_path / "none") is None
+    _ckpt(tmp_path, 2)
+    _ckpt(tmp_path, 10)
+    half = _ckpt(tmp_path, 12, complete=False)  # killed while saving
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
+    assert not half.exists()
+
+
+def test_checkpoints_of_another_configuration_are_discarded(tmp_path):
+    ck = tmp_path / "ck"
+    claim_checkpoint_dir(ck, "aaa")
+    _ckpt(ck, 4)
+    claim_checkpoint_dir(ck, "aaa")  # same job rerun after a kill: keep
+    assert latest_checkpoint(ck).name == "checkpoint-4"
+    claim_checkpoint_dir(ck, "bbb")  # recipe / init model / data changed: start clean
+    assert latest_checkpoint(ck) is None
+
+
+def test_fingerprint_follows_recipe_model_and_data(tmp_path):
+    recipe, model, manifest = tmp_path / "r.yaml", tmp_path / "model", tmp_path / "m.parquet"
+    recipe.write_text("a: 1\n")
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w")
+    manifest.write_bytes(b"m")
+    a = argparse.Namespace(
+        recipe=recipe,
+        model=str(model),
+        manifests=[str(manifest)],
+        tasks=["image_score"],
+        split="train",
+        seed=0,
+        nframes=4,
+        max_pixels=4704,
+        min_pixels=784,
+        image_max_pixels=None,
+        reader="decord",
+        scale=(1.0, 5.0),
+    )
+    f0 = run_fingerprint(a)
+    assert run_fingerprint(a) == f0
+    recipe.write_text("a: 2\n")
+    f1 = run_fingerprint(a)
+    (model / "model.safetensors").write_bytes(b"ww")
+    f2 = run_fingerprint(a)
+    assert len({f0, f1, f2}) == 3
+
+
+def test_recipe_rejects_unknown_keys_and_missing_paper_constants(tmp_path):
+    import pytest
+
+    p = tmp_path / "r.yaml"
+    p.write_text("trainer: {num_generations: 8}\nrewards: {format: 1}\ntemperal: {}\n")
+    with pytest.raises(ValueError, match="temperal"):
+        Recipe.load(p)
+    p.write_text("trainer: {num_generations: 8}\nrewards: {format: 1}\n")
+    with pytest.raises(ValueError, match="max_completion_length"):
+        Recipe.load(p)
+
+
+def test_curves_table_is_wide_csv():
+    text = curves_table([{"step": 1, "reward": 0.5, "loss": 0.1}, {"step": 2, "reward": 0.7}, {"train_runtime": 3}])
+    lines = text.splitlines()
+    assert lines[0] == "step,loss,reward" and lines[1] == "1,0.1,0.5" and lines[2] == "2,,0.7"
