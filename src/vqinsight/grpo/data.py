@@ -122,6 +122,36 @@ def messages_for(row: dict[str, Any], loader: MediaLoader, style: str, scale: tu
     )
 
 
+def encode_batch(
+    processor,
+    rows: list[dict[str, Any]],
+    loader: MediaLoader,
+    style: str,
+    scale: tuple[float, float],
+    suffixes: list[str] | None = None,
+    padding_side: str = "left",
+):
+    """Processor inputs for rows: chat prompts (plus an optional text suffix each) with their decoded media."""
+    texts, images, videos = [], [], []
+    for i, r in enumerate(rows):
+        msgs = messages_for(r, loader, style, scale)
+        for part in msgs[-1]["content"]:
+            if part["type"] == "image":
+                images.append(part["image"])
+            elif part["type"] == "video":
+                videos.append(part["video"])
+        text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        texts.append(text + (suffixes[i] if suffixes else ""))
+    return processor(
+        text=texts,
+        images=images or None,
+        videos=videos or None,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+    )
+
+
 def build_dataset(rows: list[dict[str, Any]], loader: MediaLoader, style: str, scale: tuple[float, float]):
     """A `datasets.Dataset` whose `prompt` column is built (and its media decoded) on access."""
     from datasets import Dataset

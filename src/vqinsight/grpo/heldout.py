@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import metrics
 from ..parsing import completion_text, extract_answer, is_well_formed, parse_choice, parse_dimensions, parse_score
-from .data import MediaLoader, messages_for
+from .data import MediaLoader, encode_batch
 
 log = logging.getLogger("vqinsight.heldout")
 DIMS = ("spatial", "temporal", "alignment")
@@ -41,23 +41,7 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     for s in tqdm(range(0, len(rows), batch_size), desc="held-out eval", unit="batch", disable=None):
-        texts, images, videos = [], [], []
-        for r in rows[s : s + batch_size]:
-            msgs = messages_for(r, loader, style, scale)
-            for part in msgs[-1]["content"]:
-                if part["type"] == "image":
-                    images.append(part["image"])
-                elif part["type"] == "video":
-                    videos.append(part["video"])
-            texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
-        inp = processor(
-            text=texts,
-            images=images or None,
-            videos=videos or None,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-        ).to(device)
+        inp = encode_batch(processor, rows[s : s + batch_size], loader, style, scale).to(device)
         with torch.no_grad():
             seq = model.generate(
                 **inp, do_sample=False, max_new_tokens=max_new_tokens, suppress_tokens=vision_token_ids(model)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..provenance import write_meta
 from .common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
-from .data import MediaLoader, messages_for, select_rows, to_records
+from .data import MediaLoader, encode_batch, select_rows, to_records
 
 log = logging.getLogger("vqinsight.warmstart")
 THINK = "ok"
@@ -53,25 +53,8 @@ def _batch(processor, rows, loader, style, scale, rng):
     import torch
 
     tok = processor.tokenizer
-    texts, images, videos, comps = [], [], [], []
-    for r in rows:
-        msgs = messages_for(r, loader, style, scale)
-        for part in msgs[-1]["content"]:
-            if part["type"] == "image":
-                images.append(part["image"])
-            elif part["type"] == "video":
-                videos.append(part["video"])
-        comp = completion_text(r["task"], rng, scale) + tok.eos_token
-        comps.append(comp)
-        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + comp)
-    inp = processor(
-        text=texts,
-        images=images or None,
-        videos=videos or None,
-        padding=True,
-        padding_side="right",
-        return_tensors="pt",
-    )
+    comps = [completion_text(r["task"], rng, scale) + tok.eos_token for r in rows]
+    inp = encode_batch(processor, rows, loader, style, scale, suffixes=comps, padding_side="right")
     labels = torch.full_like(inp["input_ids"], -100)
     for i, c in enumerate(comps):
         n_comp = len(tok(c, add_special_tokens=False)["input_ids"])
