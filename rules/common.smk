@@ -60,6 +60,15 @@ def raw_dir_of_input(wildcards, input):
 
 # ----------------------------------------------------------------------------- GRPO
 GRPO = config["grpo"]
+
+
+def repo_file(path):
+    """Recipes and accelerate configs named relative to the repository, wherever the working directory is."""
+    return path if os.path.isabs(path) else str(Path(workflow.basedir) / path)
+
+
+STAGE1_RECIPE = repo_file(GRPO["stage1"]["recipe"])
+STAGE2_RECIPE = repo_file(GRPO["stage2"]["recipe"])
 TASK_MODELS = list(GRPO["stage2"]["task_models"])
 BUILD_TINY = "tiny" in config["model"]
 

@@ -54,7 +54,7 @@ if BUILD_TINY:
 
 rule grpo_stage1:
     input:
-        recipe=GRPO["stage1"]["recipe"],
+        recipe=STAGE1_RECIPE,
         manifests=manifest_files(GRPO["stage1"]["datasets"]),
         eval=manifest_files(GRPO["stage1"].get("eval_datasets", [])),
         caches=cache_files(GRPO["stage1"]["datasets"]),
@@ -117,7 +117,7 @@ if "format_warm_start" in GRPO["stage2"]:
 
 rule grpo_stage2:
     input:
-        recipe=GRPO["stage2"]["recipe"],
+        recipe=STAGE2_RECIPE,
         init=stage2_init,
         manifests=stage2_manifests,
         eval=stage2_eval_manifests,
