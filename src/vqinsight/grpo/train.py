@@ -188,7 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _held_out(a, recipe: Recipe, loader, scale):
+def _held_out(a: argparse.Namespace, recipe: Recipe) -> list[dict[str, Any]]:
+    """Held-out rows of the run's tasks (split --eval-split), a fixed seeded sample of recipe.eval.n."""
     from .data import select_rows, to_records
 
     if not a.eval_manifests:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:
         claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a))
-    eval_rows = _held_out(a, recipe, loader, scale)
+    eval_rows = _held_out(a, recipe)
     gen_kw = {
         "batch_size": recipe.eval.get("batch_size", 32),
         "max_new_tokens": recipe.eval.get("max_new_tokens", tk["max_completion_length"]),
