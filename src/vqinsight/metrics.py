@@ -27,6 +27,7 @@ __all__ = [
     "krcc",
     "logistic4",
     "pairwise_accuracy_table",
+    "tie_accuracy_curve",
     "plcc",
     "srcc",
     "tie_calibrated_accuracy",
@@ -264,6 +265,23 @@ def tie_calibrated_accuracy(human: object, margin: object) -> tuple[float, float
     correct = cum_tie[k] + (cum_sign[-1] - cum_sign[k])  # integer counts: exact comparison
     best = int(np.argmax(correct))  # first maximum = smallest epsilon
     return float(correct[best] / h.size), float(candidates[best])
+
+
+def tie_accuracy_curve(human: object, margin: object) -> tuple[np.ndarray, np.ndarray]:
+    """Tie-calibrated accuracy at every candidate threshold: ``(epsilons, accuracies)``, both ascending in epsilon.
+
+    The same sweep as :func:`tie_calibrated_accuracy` (whose result is the curve's first maximum), for plotting
+    how the accuracy depends on the tie threshold.
+    """
+    h, m = _validate_pairwise(human, margin)
+    a = np.abs(m)
+    order = np.argsort(a, kind="stable")
+    a_sorted = a[order]
+    cum_tie = np.concatenate(([0], np.cumsum((h == 0)[order])))
+    cum_sign = np.concatenate(([0], np.cumsum(((h != 0) & (np.sign(m) == h))[order])))
+    candidates = np.unique(np.concatenate(([0.0], a_sorted)))
+    k = np.searchsorted(a_sorted, candidates, side="right")
+    return candidates, (cum_tie[k] + (cum_sign[-1] - cum_sign[k])) / h.size
 
 
 def pairwise_accuracy_table(human: object, margin: object) -> dict[str, float | int]:

@@ -1,0 +1,470 @@
+"""Judge inference: score, multi-dimension score, pairwise comparison and yes/no answers over a manifest.
+
+    python -m vqinsight.judge --model results/demo/grpo/stage2/comp/model \\
+        --manifest results/demo/manifests/monetbench.parquet --task comparison --split test \\
+        --out results/demo/eval/predictions/vqinsight/monetbench.jsonl --style short <media args>
+
+One JSON line per (row, order). Comparisons are judged in both orders, (A, B) and (B, A), so the report can give
+the swap-flip rate and the margin is free of position bias.
+
+**Margin for tie calibration** (documented choice, ../shared/reference/anchors-mission.md §4.3). The judge answers
+"Video A" or "Video B", which makes the pairwise margin binary and the tie-calibrated accuracy degenerate. We use
+the probability mass of the two answers at the answer position: after the judge's own (greedy) reasoning, the
+text up to and including ``<answer>`` is fed back and the likelihood of each answer string is read by teacher
+forcing; a verdict's mass is the sum over the strings that express it ("Video A" or "A"; "Video B" or "B"), and
+``p_A = mass_A / (mass_A + mass_B)``. In the (B, A) order the
+candidates refer to the other video, so the per-pair margin is the mean over both orders of
+``P(first video better) − P(second video better)`` in the original order, a number in [−1, 1]. ``--margin votes``
+instead uses the share of K sampled judgments (temperature ``--temperature``) per order. Yes/no questions get the
+same treatment with the candidates "yes"/"no". Scores are the parsed numbers; an unparsable answer is kept as
+null in the file (counted, and mapped to the scale midpoint by the metrics step).
+
+The reasoning text of every prediction is kept (``completion``): the product is a *reasoning* judge.
+
+**Resumable output.** Lines are appended to ``<out>.partial`` and flushed+fsynced batch by batch; a restarted job
+skips the keys already there (a torn last line is dropped) and the finished file is renamed to ``<out>`` at the
+end, so Snakemake never sees a half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .parsing import completion_text, extract_answer, parse_choice, parse_dimensions, parse_score
+from .prompts import SYSTEM_PROMPT, TASKS, build_messages
+
+log = logging.getLogger("vqinsight.judge")
+
+ORDERS = ("AB", "BA")
+# Verdict -> the answer strings that express it. Their probabilities are summed per verdict (the strings start with
+# different tokens, so the events are disjoint) and normalised over the two verdicts.
+CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "comparison": {"A": ("Video A", "A"), "B": ("Video B", "B")},
+    "vqa": {"yes": ("yes", "Yes"), "no": ("no", "No")},
+}
+FORMATS = ("vqinsight", "release", "q_insight")
+
+# Prompts of the officially released VQ-Insight checkpoints (their demo scripts; anchors-mission.md §1.3): used to
+# evaluate those checkpoints as they were trained. Scores there are on 0-100 and are mapped onto the run's scale.
+RELEASE_SCORE = "Please rate the quality of this video. The range of quality score is between 0 and 100."
+RELEASE_MULTIDIM = (
+    "This is an AIGC-generated video.Rate this video from three dimensions including spatial quality, temporal "
+    "quality, and text-video alignment quality. Return the result in JSON format with the following keys: "
+    '"spatial", "temporal", and "consistency". Each score should be a float between 0 and 100, rounded to two '
+    "decimal places."
+)
+RELEASE_COMPARISON = (
+    "Video A and Video B are results from two AIGC-generated methods.\nExplain and justify whether Video A or Video "
+    "B is better.\nYou should consider the following aspects:\n(1) Visual quality,\n(2) Temporal consistency,\n"
+    "(3) Dynamic degree,\n(4) Video authenticity.\nYour final answer should be either 'Video A' or 'Video B'.\n"
+    "Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags."
+)
+RELEASE_SCALE = (0.0, 100.0)
+# Q-Insight's score prompt (bytedance/Q-Insight, SCORE_QUESTION_PROMPT), with "picture" -> "video" for videos.
+Q_INSIGHT_SCORE = (
+    "What is your overall rating on the quality of this {media}? The rating should be a float between 1 and 5, "
+    "rounded to two decimal places, with 1 representing very poor quality and 5 representing excellent quality. "
+    'Return the final answer in JSON format with the following keys: "rating": The score.'
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One judgment to make: a manifest row, in a given order for comparisons."""
+
+    key: str
+    row: dict[str, Any]
+    order: str | None
+
+
+def swapped(row: dict[str, Any]) -> dict[str, Any]:
+    """The comparison row with its two videos exchanged (and the human label with them)."""
+    out = dict(row)
+    out["media"] = list(reversed(row["media"]))
+    out["gt_choice"] = {"A": "B", "B": "A"}.get(row.get("gt_choice"), row.get("gt_choice"))
+    return out
+
+
+def expand(rows: list[dict[str, Any]], orders: tuple[str, ...] = ORDERS) -> list[Item]:
+    """Judgments for rows: comparisons once per order, everything else once."""
+    items: list[Item] = []
+    for r in rows:
+        if r["task"] == "comparison":
+            for o in orders:
+                items.append(Item(f"{r['sample_id']}|{o}", r if o == "AB" else swapped(r), o))
+        else:
+            items.append(Item(r["sample_id"], r, None))
+    return items
+
+
+def messages(row: dict[str, Any], media: list, fmt: str, style: str, scale: tuple[float, float]) -> list[dict]:
+    """The chat for one row in the given prompt format."""
+    task = row["task"]
+    kind = "image" if row["media_type"] == "image" else "video"
+    if fmt == "vqinsight":
+        return build_messages(
+            task,
+            media=media,
+            prompt=row.get("prompt_text"),
+            question=row.get("question"),
+            scale=scale,
+            media_type=kind,
+            style=style,
+        )
+    system = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]}]
+    if fmt == "q_insight":
+        if task not in ("image_score", "video_score"):
+            raise ValueError(f"prompt format q_insight has no {task} prompt (score tasks only)")
+        text = Q_INSIGHT_SCORE.format(media="picture" if kind == "image" else "video")
+        content = [{"type": kind, kind: media[0]}, {"type": "text", "text": text}]
+        return system + [{"role": "user", "content": content}]
+    if fmt == "release":
+        if task == "comparison":
+            content = [
+                {"type": "text", "text": "Video A:"},
+                {"type": "video", "video": media[0]},
+                {"type": "text", "text": "Video B:"},
+                {"type": "video", "video": media[1]},
+                {"type": "text", "text": RELEASE_COMPARISON},
+            ]
+        elif task in ("video_score", "multidim_score"):
+            text = RELEASE_SCORE if task == "video_score" else RELEASE_MULTIDIM
+            content = [{"type": "video", "video": media[0]}, {"type": "text", "text": text}]
+        else:
+            raise ValueError(f"prompt format release has no {task} prompt")
+        return system + [{"role": "user", "content": content}]
+    raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _rescale(x: float | None, src: tuple[float, float], dst: tuple[float, float]) -> float | None:
+    if x is None:
+        return None
+    return dst[0] + (x - src[0]) * (dst[1] - dst[0]) / (src[1] - src[0])
+
+
+def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, float]) -> tuple[str | None, Any]:
+    """(answer text, parsed prediction) of one completion; the prediction is None when unparsable."""
+    answer = extract_answer(completion_text(completion))
+    if task in ("image_score", "video_score"):
+        s = answer
+        if fmt == "q_insight" and answer is not None:
+            try:
+                s = str(json.loads(answer).get("rating")) if answer.strip().startswith("{") else answer
+            except (ValueError, AttributeError):
+                s = answer
+        pred = parse_score(s)
+        if pred is not None and fmt == "release":
+            pred = _rescale(pred, RELEASE_SCALE, scale)
+        return answer, pred
+    if task == "multidim_score":
+        dims = parse_dimensions(answer)
+        if dims is not None and fmt == "release":
+            dims = {k: _rescale(v, RELEASE_SCALE, scale) for k, v in dims.items()}
+        return answer, dims
+    choice = parse_choice(answer)
+    valid = ("A", "B") if task == "comparison" else ("yes", "no")
+    return answer, choice if choice in valid else None
+
+
+def answer_prefix(completion: str) -> str:
+    """The completion up to and including ``<answer>`` (appended if the judge never opened the tag)."""
+    i = completion.find("<answer>")
+    if i >= 0:
+        return completion[: i + len("<answer>")]
+    j = completion.find("</answer>")
+    head = completion[:j] if j >= 0 else completion
+    return head + "<answer>"
+
+
+# ----------------------------------------------------------------------------------------------- model side
+
+
+class Judge:
+    """A loaded judge model with its processor, media loader and prompt settings."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        loader,
+        *,
+        fmt: str = "vqinsight",
+        style: str = "full",
+        scale: tuple[float, float] = (1.0, 5.0),
+        max_new_tokens: int = 256,
+    ) -> None:
+        from .models.load import vision_token_ids
+
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
+        self.model, self.processor, self.loader = model, processor, loader
+        self.fmt, self.style, self.scale, self.max_new_tokens = fmt, style, scale, max_new_tokens
+        self.suppress = vision_token_ids(model)
+        self.device = next(model.parameters()).device
+
+    def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        texts, images, videos = [], [], []
+        for i, r in enumerate(rows):
+            media = [self.loader(m, r["media_type"]) for m in r["media"]]
+            msgs = messages(r, media, self.fmt, self.style, self.scale)
+            for part in msgs[-1]["content"]:
+                if part["type"] == "image":
+                    images.append(part["image"])
+                elif part["type"] == "video":
+                    videos.append(part["video"])
+            text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            texts.append(text + (suffixes[i] if suffixes else ""))
+        enc = self.processor(
+            text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt"
+        )
+        return enc.to(self.device), texts
+
+    def generate(self, rows: list[dict[str, Any]], *, sample: bool = False, k: int = 1, temperature: float = 1.0):
+        """Completions (k per row when sampling) for rows, decoded without special tokens."""
+        import torch
+
+        enc, _ = self._encode(rows)
+        kw: dict[str, Any] = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
+        if sample:
+            kw.update(temperature=temperature, num_return_sequences=k, top_p=1.0, top_k=0)
+        with torch.no_grad():
+            seq = self.model.generate(**enc, suppress_tokens=self.suppress, **kw)
+        texts = self.processor.batch_decode(seq[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [texts[i * k : (i + 1) * k] for i in range(len(rows))] if sample else texts
+
+    def candidate_probs(self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]):
+        """Probabilities (n, len(verdicts)) of each verdict's answer strings after each row's prefix, normalised."""
+        import torch
+
+        tok = self.processor.tokenizer
+        strings = [s for group in verdicts.values() for s in group]
+        n, c = len(rows), len(strings)
+        flat_rows = [r for r in rows for _ in strings]
+        enc, texts = self._encode(flat_rows, [p + s for p in prefixes for s in strings])
+        # Answer-string token count per sequence: tokens(text) - tokens(text without it); vision placeholders are
+        # single special tokens before the processor expands them, so the tail tokenises the same either way.
+        lengths = []
+        for t, s in zip(texts, strings * n, strict=True):
+            full = len(tok(t, add_special_tokens=False)["input_ids"])
+            head = len(tok(t[: len(t) - len(s)], add_special_tokens=False)["input_ids"])
+            lengths.append(max(1, full - head))
+        with torch.no_grad():
+            logits = self.model(**enc).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        ids = enc["input_ids"][:, 1:]
+        tok_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (N, L-1): log p of token t+1 at position t
+        total = torch.stack([tok_lp[i, -lengths[i] :].sum() for i in range(n * c)]).view(n, c)
+        per_verdict, k = [], 0
+        for group in verdicts.values():
+            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
+            k += len(group)
+        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).cpu().numpy()
+
+    def judge(self, items: list[Item], *, margin: str = "prob", votes_k: int = 8, temperature: float = 1.0):
+        """Prediction records for a batch of items (all of one task)."""
+        rows = [it.row for it in items]
+        task = rows[0]["task"]
+        completions = self.generate(rows)
+        records = []
+        for it, comp in zip(items, completions, strict=True):
+            answer, pred = parse_prediction(task, comp, self.fmt, self.scale)
+            records.append(
+                {
+                    "key": it.key,
+                    "sample_id": it.row["sample_id"],
+                    "task": task,
+                    "order": it.order,
+                    "completion": comp,
+                    "answer": answer,
+                    "pred": pred,
+                    "gt": _gt(it.row),
+                }
+            )
+        if task in CANDIDATES:
+            verdicts = CANDIDATES[task]
+            probs = self.candidate_probs(rows, [answer_prefix(c) for c in completions], verdicts)
+            for rec, p in zip(records, probs, strict=True):
+                rec["p"] = {v: float(x) for v, x in zip(verdicts, p, strict=True)}
+            if margin == "votes":
+                sampled = self.generate(rows, sample=True, k=votes_k, temperature=temperature)
+                for rec, outs in zip(records, sampled, strict=True):
+                    choices = [parse_prediction(task, o, self.fmt, self.scale)[1] for o in outs]
+                    first = "A" if task == "comparison" else "yes"
+                    rec["votes"] = {
+                        "k": len(outs),
+                        "first": sum(c == first for c in choices),
+                        "valid": sum(c is not None for c in choices),
+                    }
+        return records
+
+
+def _gt(row: dict[str, Any]) -> Any:
+    task = row["task"]
+    if task in ("image_score", "video_score"):
+        return row.get("gt_score")
+    if task == "multidim_score":
+        return row.get("gt_scores")
+    return row.get("gt_choice")
+
+
+# ----------------------------------------------------------------------------------------------- resumable file
+
+
+def read_done(partial: Path) -> set[str]:
+    """Keys already written to a partial predictions file; a torn (unparsable) last line is cut off."""
+    if not partial.exists():
+        return set()
+    raw = partial.read_bytes()
+    lines = raw.split(b"\n")
+    done, good = set(), 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good += len(line) + 1
+            continue
+        try:
+            done.add(json.loads(line)["key"])
+        except (ValueError, KeyError) as e:
+            if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1 :]):
+                raise ValueError(
+                    f"{partial}: line {i + 1} is not a prediction record; delete the file to restart"
+                ) from e
+            log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", partial, len(line))
+            break
+        good += len(line) + 1
+    if good < len(raw):
+        with open(partial, "r+b") as f:
+            f.truncate(min(good, len(raw)))
+    return done
+
+
+def append_records(partial: Path, records: list[dict[str, Any]]) -> None:
+    with open(partial, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a predictions file (JSON lines), with the file and line named on a malformed line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as e:
+                    raise ValueError(f"{path}: line {i}: not valid JSON ({e})") from e
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from .grpo.common import add_media_args
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="judge model: hub id or local directory")
+    ap.add_argument("--manifest", required=True, help="dataset manifest (parquet)")
+    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--split", default="test", help="manifest split to judge")
+    ap.add_argument("--out", required=True, type=Path, help="predictions (JSON lines)")
+    ap.add_argument("--format", default="vqinsight", choices=FORMATS, help="prompt format of the judge")
+    ap.add_argument("--style", default="full", choices=("full", "short"), help="vqinsight prompt style")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
+    ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--limit", type=int, default=None, help="judge only the first N rows (seeded order)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    ap.add_argument("--trust-remote-code", action="store_true")
+    add_media_args(ap)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not Path(a.manifest).is_file():
+        log.error("%s: data manifest not found (build it first: snakemake %s)", a.manifest, a.manifest)
+        return 2
+    import torch
+    from tqdm import tqdm
+
+    from .grpo.common import media_spec, processor_pixels, seed_everything
+    from .grpo.data import MediaLoader, select_rows, to_records
+    from .models.load import load_model_and_processor
+    from .provenance import write_meta
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    seed_everything(a.seed)
+    scale = (a.scale[0], a.scale[1])
+    try:
+        df = select_rows([a.manifest], [a.task], a.split, limit=a.limit, seed=a.seed, drop_ties=False)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    rows = sorted(to_records(df), key=lambda r: r["sample_id"])
+    items = expand(rows)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = a.out.with_name(a.out.name + ".partial")
+    done = read_done(partial)
+    todo = [it for it in items if it.key not in done]
+    log.info("%d judgments (%d rows), %d already done in %s", len(items), len(rows), len(done), partial)
+    if todo:
+        dtype = a.dtype if a.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+        try:
+            model, processor = load_model_and_processor(
+                a.model,
+                trust_remote_code=a.trust_remote_code,
+                dtype=dtype,
+                device_map="cuda" if torch.cuda.is_available() else None,
+                **processor_pixels(a),
+            )
+        except (FileNotFoundError, OSError) as e:
+            log.error("%s", e)
+            return 2
+        model.eval()
+        judge = Judge(
+            model,
+            processor,
+            MediaLoader(media_spec(a)),
+            fmt=a.format,
+            style=a.style,
+            scale=scale,
+            max_new_tokens=a.max_new_tokens,
+        )
+        with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
+            for s in range(0, len(todo), a.batch_size):
+                batch = todo[s : s + a.batch_size]
+                append_records(
+                    partial, judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature)
+                )
+                bar.update(len(batch))
+    partial.touch()
+    write_meta(
+        a.out.with_name(a.out.name + ".meta.json"),
+        {k: str(v) for k, v in vars(a).items()},
+        n_rows=len(rows),
+        n_judgments=len(items),
+        resumed_with=len(done),
+    )
+    os.replace(partial, a.out)
+    log.info("wrote %s (%d judgments)", a.out, len(items))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

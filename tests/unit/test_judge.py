@@ -1,0 +1,313 @@
+"""Judge inference and benchmark metrics: answer parsing per prompt format, margin extraction, both-order
+aggregation (margin and swap flips), and resumable prediction files (torn lines, restarts)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from vqinsight import judge as J
+from vqinsight.evaluate import comparison_pairs, compute
+from vqinsight.evaluate import main as evaluate_main
+
+
+# ----------------------------------------------------------------------------------------------- pure pieces
+@pytest.mark.parametrize(
+    ("completion", "prefix"),
+    [
+        ("<think>x</think><answer>Video A</answer>", "<think>x</think><answer>"),
+        ("<think>x</think> <answer> B", "<think>x</think> <answer>"),
+        ("<think>never answers</think>", "<think>never answers</think><answer>"),
+        ("<think>t</think>Video A</answer>", "<think>t</think>Video A<answer>"),
+        ("", "<answer>"),
+    ],
+)
+def test_answer_prefix(completion: str, prefix: str) -> None:
+    assert J.answer_prefix(completion) == prefix
+
+
+def test_expand_judges_comparisons_in_both_orders() -> None:
+    rows = [
+        {"sample_id": "p1", "task": "comparison", "media": ["a.mp4", "b.mp4"], "gt_choice": "A"},
+        {"sample_id": "p2", "task": "comparison", "media": ["c.mp4", "d.mp4"], "gt_choice": "tie"},
+        {"sample_id": "s1", "task": "video_score", "media": ["e.mp4"], "gt_score": 3.0},
+    ]
+    items = J.expand(rows)
+    assert [it.key for it in items] == ["p1|AB", "p1|BA", "p2|AB", "p2|BA", "s1"]
+    ba = items[1].row
+    assert ba["media"] == ["b.mp4", "a.mp4"] and ba["gt_choice"] == "B"
+    assert items[3].row["gt_choice"] == "tie"
+    assert rows[0]["media"] == ["a.mp4", "b.mp4"], "swapping must not modify the manifest row"
+
+
+@pytest.mark.parametrize(
+    ("task", "completion", "fmt", "expected"),
+    [
+        ("video_score", "<think>a</think><answer>3.25</answer>", "vqinsight", 3.25),
+        ("video_score", "<think>a</think><answer>75</answer>", "release", 4.0),  # 0-100 -> 1-5
+        ("image_score", '<think>a</think><answer>{"rating": 2.5}</answer>', "q_insight", 2.5),
+        ("video_score", "<think>a</think><answer>good</answer>", "vqinsight", None),
+        ("comparison", "<think>a</think><answer>Video B</answer>", "vqinsight", "B"),
+        ("comparison", "<think>a</think><answer>B</answer>", "release", "B"),
+        ("comparison", "<think>a</think><answer>yes</answer>", "vqinsight", None),
+        ("vqa", "<think>a</think><answer>no</answer>", "vqinsight", "no"),
+    ],
+)
+def test_parse_prediction(task: str, completion: str, fmt: str, expected) -> None:
+    assert J.parse_prediction(task, completion, fmt, (1.0, 5.0))[1] == expected
+
+
+def test_parse_prediction_multidim_release_scale() -> None:
+    comp = '<answer>{"spatial": 50, "temporal": 100, "consistency": 0}</answer>'
+    assert J.parse_prediction("multidim_score", comp, "release", (1.0, 5.0))[1] == {
+        "spatial": 3.0,
+        "temporal": 5.0,
+        "alignment": 1.0,
+    }
+
+
+def _rec(sid: str, order: str, gt: str, p_a: float, pred: str | None) -> dict:
+    """A comparison record as the judge writes it, in the given order's frame (gt already swapped for BA)."""
+    if order == "BA":
+        gt = {"A": "B", "B": "A"}.get(gt, gt)
+    return {"key": f"{sid}|{order}", "sample_id": sid, "task": "comparison", "order": order, "completion": "",
+            "pred": pred, "gt": gt, "p": {"A": p_a, "B": 1 - p_a}}  # fmt: skip
+
+
+def test_margin_averages_both_orders_in_the_original_frame() -> None:
+    # Pair 1: the judge prefers the ORIGINAL first video in both orders (0.8, then 0.3 for "A" = original second).
+    # Pair 2: pure position bias (always "A" with 0.9): the two orders cancel, margin 0, and the verdict flips.
+    recs = [
+        _rec("p1", "AB", "A", 0.8, "A"),
+        _rec("p1", "BA", "A", 0.3, "B"),
+        _rec("p2", "AB", "B", 0.9, "A"),
+        _rec("p2", "BA", "B", 0.9, "A"),
+    ]
+    pairs = {p["sample_id"]: p for p in comparison_pairs(recs)}
+    assert pairs["p1"]["human"] == 1 and pairs["p2"]["human"] == -1
+    assert pairs["p1"]["margin"] == pytest.approx(((2 * 0.8 - 1) + (2 * 0.7 - 1)) / 2)
+    assert pairs["p2"]["margin"] == pytest.approx(0.0)
+    assert pairs["p1"]["flip"] is False and pairs["p2"]["flip"] is True
+
+
+def test_margin_sources_votes_baseline_and_verdict_fallback() -> None:
+    a = _rec("p", "AB", "A", 0.5, "A") | {"votes": {"k": 4, "first": 3, "valid": 4}}
+    b = _rec("p", "BA", "A", 0.5, "B") | {"votes": {"k": 4, "first": 1, "valid": 3}}  # 2 of 4 for the original A
+    (pair,) = comparison_pairs([a, b], margin="votes")
+    assert pair["margin"] == pytest.approx(((2 * 0.75 - 1) + (2 * 0.5 - 1)) / 2)
+    clip = {"sample_id": "q", "task": "comparison", "order": "AB", "gt": "B", "pred": None, "margin": -0.2}
+    assert comparison_pairs([clip])[0]["margin"] == pytest.approx(-0.2)
+    no_p = [{"sample_id": "r", "order": "AB", "gt": "A", "pred": "A"}, {"sample_id": "r", "order": "BA", "gt": "B"}]
+    assert comparison_pairs(no_p)[0]["margin"] == pytest.approx(0.5)  # one verdict for A, one unparsed
+    with pytest.raises(ValueError, match="human label"):
+        comparison_pairs([{"sample_id": "s", "order": "AB", "gt": "maybe", "pred": None}])
+
+
+def test_comparison_metrics_tau_diff_and_swap_flip() -> None:
+    # 4 pairs: two confident correct, one human tie with a tiny margin, one wrong; the tie is recovered by epsilon.
+    recs = []
+    cases = (("a", "A", 0.9, 0.1), ("b", "B", 0.2, 0.8), ("c", "tie", 0.52, 0.51), ("d", "A", 0.3, 0.6))
+    for sid, gt, p_ab, p_ba in cases:
+        recs.append(_rec(sid, "AB", gt, p_ab, "A" if p_ab > 0.5 else "B"))
+        recs.append(_rec(sid, "BA", gt, p_ba, "A" if p_ba > 0.5 else "B"))
+    res, points, counts = compute(recs, "comparison", (1, 5))
+    assert counts["n"] == 4 and res["n_human_ties"] == 1
+    assert res["diff"] == pytest.approx(2 / 3)
+    assert res["tau"] == pytest.approx(3 / 4) and res["tau_epsilon"] == pytest.approx(0.01)
+    assert res["swap_flip_rate"] == pytest.approx(1 / 4)  # only pair c flips: "A" in both orders
+    curve = res["eps_curve"]
+    assert curve["epsilon"][0] == 0.0 and max(curve["accuracy"]) == pytest.approx(res["tau"])
+    assert {p["sample_id"] for p in points} == {"a", "b", "c", "d"}
+
+
+def test_score_metrics_count_unparsed_as_midpoint() -> None:
+    gt = [1.0, 2.0, 3.0, 4.0, 5.0]
+    recs = [{"sample_id": str(i), "pred": g + 0.1, "gt": g, "completion": "<think>x</think><answer>1</answer>"}
+            for i, g in enumerate(gt)]  # fmt: skip
+    recs[4]["pred"] = None
+    res, points, counts = compute(recs, "video_score", (1, 5))
+    assert counts["unparsed"] == 1 and counts["format_rate"] == 1.0
+    assert points[4]["pred"] == 3.0
+    assert res["srcc"] == pytest.approx(0.7)  # the midpoint ties the third item
+    assert set(res) == {"srcc", "krcc", "plcc", "plcc_logistic"}
+    const = [{"sample_id": str(i), "pred": 3.0, "gt": g, "completion": None} for i, g in enumerate(gt)]
+    res, _, counts = compute(const, "video_score", (1, 5))
+    assert res["srcc"] is None and counts["format_rate"] is None
+
+
+def test_multidim_and_vqa_metrics() -> None:
+    gts = [{"spatial": s, "temporal": 6 - s, "alignment": 3.0 + (s % 2)} for s in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    recs = [{"sample_id": str(i), "pred": dict(g), "gt": g, "completion": None} for i, g in enumerate(gts)]
+    res, points, _ = compute(recs, "multidim_score", (1, 5))
+    assert res["spatial"]["srcc"] == pytest.approx(1.0) and res["temporal"]["srcc"] == pytest.approx(1.0)
+    assert len(points) == 15
+    only_spatial = [{"sample_id": str(i), "pred": {"spatial": g["spatial"]}, "gt": g} for i, g in enumerate(gts)]
+    res, _, _ = compute(only_spatial, "multidim_score", (1, 5))
+    assert set(res) == {"spatial"}  # a one-dimension baseline (CLIP-IQA) fills only its column
+    vqa = [{"sample_id": "1", "pred": "yes", "gt": "yes"}, {"sample_id": "2", "pred": None, "gt": "no"}]
+    assert compute(vqa, "vqa", (1, 5))[0]["accuracy"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------- resumable files
+def test_read_done_drops_a_torn_last_line(tmp_path: Path) -> None:
+    part = tmp_path / "p.jsonl.partial"
+    J.append_records(part, [{"key": "a", "x": 1}, {"key": "b", "x": 2}])
+    with open(part, "a") as f:
+        f.write('{"key": "c", "x"')  # killed mid-write
+    assert J.read_done(part) == {"a", "b"}
+    assert part.read_text().endswith('"x": 2}\n'), "the torn line is cut off so appends start on a clean line"
+    J.append_records(part, [{"key": "c", "x": 3}])
+    assert [r["key"] for r in J.load_predictions(part)] == ["a", "b", "c"]
+
+
+def test_read_done_refuses_a_corrupt_middle_line(tmp_path: Path) -> None:
+    part = tmp_path / "p.jsonl.partial"
+    part.write_text('{"key": "a"}\ngarbage\n{"key": "b"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        J.read_done(part)
+
+
+def test_load_predictions_names_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"key": "a"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl: line 2"):
+        J.load_predictions(p)
+
+
+# ----------------------------------------------------------------------------------------------- with a model
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny model, 3 videos, a comparison manifest (2 pairs) and a score manifest (3 videos)."""
+    from vqinsight.data.manifest import SCHEMA
+    from vqinsight.models.tiny import build_tiny
+    from vqinsight.video import write_video
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("judge")
+    model = build_tiny(root / "tiny", seed=0, video_pixels=(784, 4704), image_pixels=(784, 4704))
+    vids = []
+    for i in range(3):
+        frames = np.full((4, 56, 84, 3), 40 + 80 * i, np.uint8)
+        write_video(root / f"v{i}.mp4", frames, fps=4)
+        vids.append(str(root / f"v{i}.mp4"))
+
+    def manifest(name: str, rows: list[dict]) -> Path:
+        full = [{c: r.get(c) for c in SCHEMA} for r in rows]
+        path = root / f"{name}.parquet"
+        pl.DataFrame(full, schema=SCHEMA).write_parquet(path)
+        return path
+
+    base = {"dataset": "x", "split": "test", "media_type": "video", "source_file": "f", "source_row": 0}
+    pair = base | {"task": "comparison"}
+    comp = manifest(
+        "comp",
+        [
+            pair | {"sample_id": "x/test/p0", "media": vids[:2], "gt_choice": "B", "preference": -1},
+            pair | {"sample_id": "x/test/p1", "media": vids[1:], "gt_choice": "tie", "preference": 0},
+        ],
+    )
+    one = base | {"task": "video_score"}
+    score = manifest(
+        "score", [one | {"sample_id": f"x/test/s{i}", "media": [v], "gt_score": 1.0 + i} for i, v in enumerate(vids)]
+    )
+    return {"root": root, "model": model, "comp": comp, "score": score}
+
+
+def _media(root: Path) -> list[str]:
+    return ["--cache-dir", str(root / "cache"), "--nframes", "4", "--max-pixels", "4704", "--min-pixels", "784",
+            "--image-max-pixels", "4704", "--scale", "1", "5"]  # fmt: skip
+
+
+def _judge(world, manifest: str, task: str, out: Path, *extra: str) -> int:
+    return J.main(["--model", str(world["model"]), "--manifest", str(world[manifest]), "--task", task,
+                   "--out", str(out), "--style", "short", "--batch-size", "2", "--max-new-tokens", "6",
+                   "--threads", "1", *extra, *_media(world["root"])])  # fmt: skip
+
+
+def test_candidate_probs_match_a_direct_forward(world) -> None:
+    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.models.load import load_model_and_processor
+
+    model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
+    loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
+    rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
+    judge = J.Judge(model, proc, loader, style="short", max_new_tokens=6)
+    prefix = "<think>ok</think><answer>"
+    probs = judge.candidate_probs(rows, [prefix] * len(rows), J.CANDIDATES["comparison"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1.0)
+    # Direct: log-likelihood of each answer string by one forward per string, masses summed per verdict.
+    mass = []
+    for s in ("Video A", "A", "Video B", "B"):
+        enc, texts = judge._encode(rows[:1], [prefix + s])
+        n = len(proc.tokenizer(s, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(**enc).logits[0, -n - 1 : -1].float(), -1)
+        ids = enc["input_ids"][0, -n:]
+        mass.append(math.exp(float(lp.gather(-1, ids[:, None]).sum())))
+    p_a = (mass[0] + mass[1]) / sum(mass)
+    assert probs[0, 0] == pytest.approx(p_a, rel=1e-4)
+
+
+def test_judge_cli_writes_both_orders_and_resumes(world, tmp_path: Path) -> None:
+    out = tmp_path / "pred" / "comp.jsonl"
+    assert _judge(world, "comp", "comparison", out) == 0
+    recs = J.load_predictions(out)
+    assert [r["key"] for r in recs] == ["x/test/p0|AB", "x/test/p0|BA", "x/test/p1|AB", "x/test/p1|BA"]
+    for r in recs:
+        assert set(r["p"]) == {"A", "B"} and r["p"]["A"] + r["p"]["B"] == pytest.approx(1.0)
+        assert isinstance(r["completion"], str), "the reasoning text is kept"
+    assert recs[1]["gt"] == "A", "gt in the BA order is the swapped human label"
+    assert (out.parent / "comp.jsonl.meta.json").exists() and not (out.parent / "comp.jsonl.partial").exists()
+
+    # Restart after a kill: a partial file with the first record and a torn second line.
+    out2 = tmp_path / "pred" / "comp2.jsonl"
+    partial = out2.with_name("comp2.jsonl.partial")
+    sentinel = dict(recs[0], completion="FROM BEFORE THE KILL")
+    partial.write_text(json.dumps(sentinel) + "\n" + '{"key": "x/test/p0|BA", "sam')
+    assert _judge(world, "comp", "comparison", out2) == 0
+    again = J.load_predictions(out2)
+    assert [r["key"] for r in again] == [r["key"] for r in recs]
+    assert again[0]["completion"] == "FROM BEFORE THE KILL", "finished rows are skipped, not recomputed"
+    for a, b in zip(again[1:], recs[1:], strict=True):
+        assert a["p"]["A"] == pytest.approx(b["p"]["A"], abs=1e-5), "greedy judging is deterministic"
+    meta = json.loads((out2.parent / "comp2.jsonl.meta.json").read_text())
+    assert meta["resumed_with"] == 1
+
+
+def test_evaluate_cli_on_judge_output(world, tmp_path: Path) -> None:
+    pred = tmp_path / "score.jsonl"
+    assert _judge(world, "score", "video_score", pred) == 0
+    assert len(J.load_predictions(pred)) == 3
+    out = tmp_path / "m" / "score.json"
+    args = [
+        "--predictions",
+        str(pred),
+        "--benchmark",
+        "b",
+        "--task",
+        "video_score",
+        "--system",
+        "s",
+        "--out",
+        str(out),
+    ]
+    assert evaluate_main([*args, "--demo", "--label", "S (demo)"]) == 0
+    m = json.loads(out.read_text())
+    assert m["n"] == 3 and m["demo"] is True and m["label"] == "S (demo)" and m["kind"] == "ours"
+    assert set(m["metrics"]) == {"srcc", "krcc", "plcc", "plcc_logistic"}
+    assert out.with_suffix(".points.csv").read_text().startswith("sample_id,pred,gt\n")
+    assert evaluate_main([*args[:1], str(tmp_path / "missing.jsonl"), *args[2:]]) == 2
+
+
+def test_judge_cli_errors_name_the_missing_path(world, tmp_path: Path, caplog) -> None:
+    assert J.main(["--model", str(world["model"]), "--manifest", str(tmp_path / "nope.parquet"), "--task",
+                   "video_score", "--out", str(tmp_path / "o.jsonl"), *_media(world["root"])]) == 2  # fmt: skip
+    assert "nope.parquet" in caplog.text
+    assert _judge({**world, "model": tmp_path / "no_model"}, "score", "video_score", tmp_path / "o.jsonl") == 2
+    assert "no_model" in caplog.text
