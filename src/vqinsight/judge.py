@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,11 @@ CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "comparison": {"A": ("Video A", "A"), "B": ("Video B", "B")},
     "vqa": {"yes": ("yes", "Yes"), "no": ("no", "No")},
 }
-FORMATS = ("vqinsight", "release", "q_insight")
+FORMATS = ("vqinsight", "release", "q_insight", "unifiedreward_think")
+# Per-format answer strings where they differ from CANDIDATES (UnifiedReward-Think answers "Video 1 is better").
+FORMAT_CANDIDATES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "unifiedreward_think": {"comparison": {"A": ("Video 1",), "B": ("Video 2",)}},
+}
 
 # Prompts of the officially released VQ-Insight checkpoints (their demo scripts; anchors-mission.md §1.3): used to
 # evaluate those checkpoints as they were trained. Scores there are on 0-100 and are mapped onto the run's scale.
@@ -72,6 +77,15 @@ Q_INSIGHT_SCORE = (
     "What is your overall rating on the quality of this {media}? The rating should be a float between 1 and 5, "
     "rounded to two decimal places, with 1 representing very poor quality and 5 representing excellent quality. "
     'Return the final answer in JSON format with the following keys: "rating": The score.'
+)
+
+# UnifiedReward-Think's answer convention (CodeGoat24/UnifiedReward: reasoning in <think>, then "Video 1 is better" or
+# "Video 2 is better" in <answer>); the instruction below is our wording of its pairwise video task.
+UNIFIEDREWARD_COMPARISON = (
+    'You are given a text caption and two videos generated from it. Caption: "{prompt}". Compare the two videos on '
+    "semantic consistency with the caption, temporal coherence and authenticity: give each a score from 1 to 10 per "
+    "dimension with a short rationale inside <think> and </think>. Then, after </think>, give the final judgment "
+    "inside <answer> and </answer>: either 'Video 1 is better' or 'Video 2 is better'."
 )
 
 
@@ -140,6 +154,12 @@ def messages(row: dict[str, Any], media: list, fmt: str, style: str, scale: tupl
         else:
             raise ValueError(f"prompt format release has no {task} prompt")
         return system + [{"role": "user", "content": content}]
+    if fmt == "unifiedreward_think":
+        if task != "comparison":
+            raise ValueError(f"prompt format unifiedreward_think has no {task} prompt (comparison only)")
+        text = UNIFIEDREWARD_COMPARISON.format(prompt=row.get("prompt_text") or "")
+        content = [{"type": "video", "video": media[0]}, {"type": "video", "video": media[1]}]
+        return [{"role": "user", "content": [*content, {"type": "text", "text": text}]}]
     raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
@@ -168,6 +188,8 @@ def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, f
         if dims is not None and fmt == "release":
             dims = {k: _rescale(v, RELEASE_SCALE, scale) for k, v in dims.items()}
         return answer, dims
+    if fmt == "unifiedreward_think" and answer is not None:
+        answer = re.sub(r"\bvideo\s*([12])\b", lambda m: "Video " + "AB"[int(m.group(1)) - 1], answer, flags=re.I)
     choice = parse_choice(answer)
     valid = ("A", "B") if task == "comparison" else ("yes", "no")
     return answer, choice if choice in valid else None
@@ -288,7 +310,7 @@ class Judge:
                 }
             )
         if task in CANDIDATES:
-            verdicts = CANDIDATES[task]
+            verdicts = FORMAT_CANDIDATES.get(self.fmt, {}).get(task, CANDIDATES[task])
             probs = self.candidate_probs(rows, [answer_prefix(c) for c in completions], verdicts)
             for rec, p in zip(records, probs, strict=True):
                 rec["p"] = {v: float(x) for v, x in zip(verdicts, p, strict=True)}

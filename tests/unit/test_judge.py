@@ -57,6 +57,8 @@ def test_expand_judges_comparisons_in_both_orders() -> None:
         ("comparison", "<think>a</think><answer>B</answer>", "release", "B"),
         ("comparison", "<think>a</think><answer>yes</answer>", "vqinsight", None),
         ("vqa", "<think>a</think><answer>no</answer>", "vqinsight", "no"),
+        ("comparison", "<think>a</think><answer>Video 2 is better</answer>", "unifiedreward_think", "B"),
+        ("comparison", "<think>a</think><answer>video 1 is better.</answer>", "unifiedreward_think", "A"),
     ],
 )
 def test_parse_prediction(task: str, completion: str, fmt: str, expected) -> None:
@@ -311,3 +313,23 @@ def test_judge_cli_errors_name_the_missing_path(world, tmp_path: Path, caplog) -
     assert "nope.parquet" in caplog.text
     assert _judge({**world, "model": tmp_path / "no_model"}, "score", "video_score", tmp_path / "o.jsonl") == 2
     assert "no_model" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fmt", "task", "n_video_parts", "needle"),
+    [
+        ("vqinsight", "comparison", 2, "Which video is better?"),
+        ("release", "comparison", 2, "Video A and Video B are results from two AIGC-generated methods"),
+        ("release", "video_score", 1, "between 0 and 100"),
+        ("q_insight", "video_score", 1, '"rating"'),
+        ("unifiedreward_think", "comparison", 2, "'Video 1 is better'"),
+    ],
+)
+def test_prompt_formats(fmt: str, task: str, n_video_parts: int, needle: str) -> None:
+    row = {"task": task, "media_type": "video", "prompt_text": "a cat", "question": None}
+    msgs = J.messages(row, ["v1", "v2"][:n_video_parts], fmt, "full", (1.0, 5.0))
+    parts = msgs[-1]["content"]
+    assert sum(p["type"] == "video" for p in parts) == n_video_parts
+    assert needle in " ".join(p.get("text", "") for p in parts)
+    with pytest.raises(ValueError, match="no vqa prompt"):
+        J.messages({**row, "task": "vqa"}, ["v1"], fmt if fmt != "vqinsight" else "release", "full", (1.0, 5.0))

@@ -1,0 +1,97 @@
+"""Command line of the report: ``tables``, ``figures`` and ``index`` (alias ``manifest``) subcommands.
+
+    python -m vqinsight.report tables  --metrics M.json ... [--reported config/reported.yaml] --out-dir DIR [--demo]
+    python -m vqinsight.report figures [--metrics M.json ...] [--curves [LABEL=]curves.csv ...] --out-dir DIR
+    python -m vqinsight.report index   --tables DIR --figures DIR --out index.md
+
+The index is a short Markdown page linking every table and figure, for ``snakemake --report`` and for humans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vqinsight.provenance import atomic_write_text
+
+log = logging.getLogger("vqinsight.report")
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def write_index(tables_dir: str | Path, figures_dir: str | Path, out: str | Path) -> Path:
+    """Write a Markdown index linking ``table*.md|tex|csv`` and ``*.png|pdf``, with paths relative to ``out``."""
+    tables_dir, figures_dir, out = Path(tables_dir), Path(figures_dir), Path(out)
+    base = out.parent
+    lines = ["# vqinsight report", "", "## Tables", ""]
+    tables = sorted(tables_dir.glob("table*.md"), key=lambda p: (len(p.stem), p.stem))
+    for md in tables:
+        first = md.read_text(encoding="utf-8").split("\n", 1)[0]
+        title = first.lstrip("# ").strip() or md.stem
+        links = [f"[{ext}]({_rel(md.with_suffix('.' + ext), base)})" for ext in ("md", "tex", "csv")]
+        lines.append(f"- {title}: " + " · ".join(links))
+    if not tables:
+        lines.append(f"(no tables in {tables_dir})")
+    lines += ["", "## Figures", ""]
+    pngs = sorted(figures_dir.glob("*.png"))
+    for png in pngs:
+        pdf = png.with_suffix(".pdf")
+        extra = f" ([pdf]({_rel(pdf, base)}))" if pdf.exists() else ""
+        lines.append(f"- [{png.stem}]({_rel(png, base)}){extra}")
+    if not pngs:
+        lines.append(f"(no figures in {figures_dir})")
+    lines.append("")
+    atomic_write_text(out, "\n".join(lines))
+    log.info("wrote %s (%d tables, %d figures)", out, len(tables), len(pngs))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m vqinsight.report", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tables", help="write table1..table5 as .md, .tex and .csv")
+    t.add_argument("--metrics", nargs="+", type=Path, default=[], help="metrics JSON files")
+    t.add_argument("--reported", type=Path, default=None, help="paper numbers (config/reported.yaml); optional")
+    t.add_argument("--out-dir", required=True, type=Path)
+    t.add_argument("--demo", action="store_true", help="mark every measured row as a demo result")
+    f = sub.add_parser("figures", help="write scatter, training-curve, tau-epsilon and swap-flip figures")
+    f.add_argument("--metrics", nargs="*", type=Path, default=[], help="metrics JSON files (points files beside)")
+    f.add_argument("--curves", nargs="*", default=[], metavar="[LABEL=]CSV", help="training curves.csv files")
+    f.add_argument("--out-dir", required=True, type=Path)
+    i = sub.add_parser("index", aliases=["manifest"], help="write a Markdown index of tables and figures")
+    i.add_argument("--tables", required=True, type=Path, help="directory with table*.md|tex|csv")
+    i.add_argument("--figures", required=True, type=Path, help="directory with *.png|pdf")
+    i.add_argument("--out", required=True, type=Path, help="index Markdown file")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; returns the exit status (1 on unreadable or invalid metrics files)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "tables":
+            from vqinsight.report.tables import write_tables
+
+            written = write_tables(args.metrics, args.reported, args.out_dir, demo=args.demo)
+        elif args.command == "figures":
+            from vqinsight.report.figures import write_figures
+
+            written = write_figures(args.metrics, args.curves, args.out_dir)
+        else:
+            written = [write_index(args.tables, args.figures, args.out)]
+    except (OSError, ValueError) as e:
+        log.error("%s: %s", args.command, e)
+        return 1
+    log.info("%s: %d file(s) written", args.command, len(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
