@@ -26,6 +26,8 @@ envvars:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/grpo.smk"
+include: "rules/eval.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -33,3 +35,5 @@ rule all:
     input:
         rules.data.input,
         rules.grpo.input,
+        rules.eval.input,
+        rules.report.input,

@@ -1,6 +1,7 @@
 # Config validation and input functions only (no rules).
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -122,11 +123,43 @@ def stage2_caches(wildcards):
     return cache_files(stage2_spec(wildcards)["datasets"])
 
 
-def stage2_init(wildcards):
-    """Stage 2 starts from stage 1's model, or from its format warm start where one is configured (demo)."""
-    if "format_warm_start" in GRPO["stage2"]:
-        return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/init"
+ABLATIONS = config["eval"].get("ablations", {})
+VARIANTS = ["full", *ABLATIONS]
+
+
+def variant_spec(wildcards):
+    """The ablation's config entry ({} for the full model)."""
+    return {} if wildcards.variant == "full" else ABLATIONS[wildcards.variant]
+
+
+def stage2_start(wildcards):
+    """The model stage 2 grows from: stage 1's, or the base model for the no-warm-up ablation (Table 4a)."""
+    if variant_spec(wildcards).get("init", "stage1") == "base":
+        return config["model"]["base"]
     return f"{RESULTS}/grpo/stage1/model"
+
+
+def stage2_start_input(wildcards):
+    start = stage2_start(wildcards)
+    return base_model_input(wildcards) if start == config["model"]["base"] else [start]
+
+
+def stage2_init(wildcards):
+    """Stage 2's init: its start model, or that model's format warm start where one is configured (demo)."""
+    if "format_warm_start" in GRPO["stage2"]:
+        return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/{wildcards.variant}/init"
+    return stage2_start(wildcards)
+
+
+def stage2_init_input(wildcards):
+    init = stage2_init(wildcards)
+    return base_model_input(wildcards) if init == config["model"]["base"] else [init]
+
+
+def recipe_override(wildcards):
+    """The ablation's recipe changes as a JSON argument ('' for none); a changed value reruns the job."""
+    over = variant_spec(wildcards).get("recipe")
+    return f"--recipe-override {shlex.quote(json.dumps(over, sort_keys=True))}" if over else ""
 
 
 def stage2_tasks(wildcards):
@@ -139,10 +172,142 @@ def trust_flag(wildcards):
 
 def grpo_models(wildcards=None):
     return [f"{RESULTS}/grpo/stage1/model"] + expand(
-        f"{RESULTS}/grpo/stage2/{{task_model}}/model", task_model=TASK_MODELS
+        f"{RESULTS}/grpo/stage2/{{task_model}}/full/model", task_model=TASK_MODELS
     )
+
+
+# ----------------------------------------------------------------------------- evaluation
+EVAL = config["eval"]
+BENCHMARKS = {b: s for b, s in EVAL["benchmarks"].items() if s["dataset"] in DATASETS}
+BASELINES = EVAL.get("baselines", {})
+CLIP_TYPES = ("clipscore", "clip_iqa")
+EVAL_CODE = [str(SRC / f) for f in ("evaluate.py", "metrics.py", "judge.py", "parsing.py")]
+
+
+def _judged(task_models):
+    return [b for b, s in BENCHMARKS.items() if s["task_model"] in task_models]
+
+
+def _systems():
+    """Every row of the tables: name -> {kind, type, label, variant, benchmarks, format}."""
+    out = {
+        "vqinsight": {
+            "kind": "ours",
+            "type": "judge",
+            "label": EVAL["label"],
+            "variant": None,
+            "benchmarks": _judged(TASK_MODELS),
+            "format": "vqinsight",
+        }
+    }
+    for name, spec in BASELINES.items():
+        bench = spec.get("benchmarks", list(BENCHMARKS))
+        if spec["type"] == "sft":
+            bench = [b for b in bench if b in _judged(TASK_MODELS)]
+        elif spec["type"] == "vlm" and "models" in spec:
+            bench = [b for b in bench if b in _judged(spec["models"])]
+        out[name] = {
+            "kind": "baseline",
+            "type": spec["type"],
+            "label": spec["label"],
+            "variant": None,
+            "benchmarks": [b for b in bench if b in BENCHMARKS],
+            "format": spec.get("format", "vqinsight"),
+        }
+    for name, spec in ABLATIONS.items():
+        out[name] = {
+            "kind": "ablation",
+            "type": "judge",
+            "label": spec["label"],
+            "variant": name,
+            "benchmarks": _judged(spec["task_models"]),
+            "format": "vqinsight",
+        }
+    return out
+
+
+SYSTEMS = _systems()
+JUDGE_SYSTEMS = [s for s, v in SYSTEMS.items() if v["type"] not in CLIP_TYPES]
+CLIP_SYSTEMS = [s for s, v in SYSTEMS.items() if v["type"] in CLIP_TYPES]
+
+
+def judge_model(wildcards):
+    """The model that produces a system's predictions on a benchmark (path or hub id)."""
+    sys_, bench = SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
+    tm = bench["task_model"]
+    kind = sys_["type"]
+    if kind == "judge":
+        return f"{RESULTS}/grpo/stage2/{tm}/{sys_['variant'] or 'full'}/model"
+    if kind == "zero_shot":
+        return config["model"]["base"]
+    if kind == "sft":
+        return f"{RESULTS}/baselines/sft/{tm}/model"
+    spec = BASELINES[wildcards.system]
+    if kind in CLIP_TYPES:
+        return f"{RESULTS}/models/tiny_clip" if spec["model"] == "tiny" else spec["model"]
+    return spec["models"][tm] if "models" in spec else spec["model"]
+
+
+def judge_model_input(wildcards):
+    """The judge model as a file dependency when this workflow builds it."""
+    m = judge_model(wildcards)
+    built = m.startswith(f"{RESULTS}/") or (BUILD_TINY and m == config["model"]["base"])
+    return [m] if built else []
+
+
+def bench_manifest(wildcards):
+    return f"{RESULTS}/manifests/{BENCHMARKS[wildcards.benchmark]['dataset']}.parquet"
+
+
+def bench_caches(wildcards):
+    return cache_files([BENCHMARKS[wildcards.benchmark]["dataset"]])
+
+
+def judge_args(wildcards, resources):
+    """Judge settings shared by every judge job (prompt format, batch, margin)."""
+    j, sys_, b = EVAL["judge"], SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
+    return (
+        f"--task {b['task']} --split {b['split']} --format {sys_['format']} --style {j.get('style', 'full')} "
+        f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
+        f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
+        f"--seed {config['seed']}"
+    )
+
+
+def metrics_args(wildcards):
+    sys_, b = SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
+    lo, hi = config["data"]["score_scale"]
+    args = [
+        f"--benchmark {wildcards.benchmark} --task {b['task']} --system {wildcards.system}",
+        f"--label {shlex.quote(sys_['label'])} --kind {sys_['kind']} --scale {lo} {hi}",
+        f"--margin {EVAL['judge'].get('margin', 'prob')}",
+    ]
+    if sys_["variant"]:
+        args.append(f"--variant {sys_['variant']}")
+    if BUILD_TINY:
+        args.append("--demo")
+    if sys_["type"] in CLIP_TYPES:
+        args.append("--pred-scale raw")
+    return " ".join(args)
+
+
+def eval_metrics_files(wildcards=None):
+    return [f"{RESULTS}/eval/metrics/{s}/{b}.json" for s, v in SYSTEMS.items() for b in v["benchmarks"]]
+
+
+def sft_spec(wildcards=None):
+    return next(v for v in BASELINES.values() if v["type"] == "sft")
+
+
+def curves_files(wildcards=None):
+    """Training curves for the figures: label=path pairs of the stage-1 and stage-2 (full) models."""
+    return {"stage1": f"{RESULTS}/grpo/stage1/model"} | {
+        f"stage2_{tm}": f"{RESULTS}/grpo/stage2/{tm}/full/model" for tm in TASK_MODELS
+    }
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
     task_model="|".join(TASK_MODELS),
+    variant="|".join(VARIANTS),
+    benchmark="|".join(BENCHMARKS) or "NONE",

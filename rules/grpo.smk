@@ -71,7 +71,7 @@ rule grpo_stage1:
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
-        runtime=48 * 60,
+        runtime=48 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
     params:
         launch=launcher,
         base=config["model"]["base"],
@@ -91,17 +91,18 @@ if "format_warm_start" in GRPO["stage2"]:
 
     rule stage2_format:
         input:
-            model=f"{RESULTS}/grpo/stage1/model",
+            model=stage2_start_input,
             manifests=stage2_manifests,
             caches=stage2_caches,
         output:
-            model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/init"),
+            model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/{{variant}}/init"),
         log:
-            f"{LOGS}/grpo/stage2_format_{{task_model}}.log",
+            f"{LOGS}/grpo/stage2_format_{{task_model}}_{{variant}}.log",
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
         params:
+            start=stage2_start,
             tasks=stage2_tasks,
             steps=GRPO["stage2"]["format_warm_start"]["steps"],
             batch_size=GRPO["stage2"]["format_warm_start"]["batch_size"],
@@ -109,44 +110,48 @@ if "format_warm_start" in GRPO["stage2"]:
             seed=config["seed"],
             media=media_args,
         shell:
-            "python -m vqinsight.grpo.warmstart --base {input.model:q} --out {output.model:q} "
+            "python -m vqinsight.grpo.warmstart --base {params.start:q} --out {output.model:q} "
             "--manifests {input.manifests:q} --tasks {params.tasks} --steps {params.steps} "
             "--batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} --threads {threads} "
             "{params.media} > {log:q} 2>&1"
 
 
+# One rule for the full model and every ablation (`variant`: full, or an eval.ablations entry that changes the
+# init model or the recipe), so ablations are config variants, not copies.
 rule grpo_stage2:
     input:
         recipe=STAGE2_RECIPE,
-        init=stage2_init,
+        init=stage2_init_input,
         manifests=stage2_manifests,
         eval=stage2_eval_manifests,
         caches=stage2_caches,
     output:
-        model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/model"),
+        model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/{{variant}}/model"),
     log:
-        f"{LOGS}/grpo/stage2_{{task_model}}.log",
+        f"{LOGS}/grpo/stage2_{{task_model}}_{{variant}}.log",
     benchmark:
-        f"{LOGS}/grpo/stage2_{{task_model}}.benchmark.tsv"
+        f"{LOGS}/grpo/stage2_{{task_model}}_{{variant}}.benchmark.tsv"
     conda:
         "../environment.yml"
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
-        runtime=72 * 60,
+        runtime=72 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
     params:
         launch=launcher,
+        init=stage2_init,
+        override=recipe_override,
         tasks=stage2_tasks,
-        checkpoints=f"{RESULTS}/grpo/stage2/{{task_model}}/checkpoints",
+        checkpoints=f"{RESULTS}/grpo/stage2/{{task_model}}/{{variant}}/checkpoints",
         seed=config["seed"],
         media=media_args,
         trust=trust_flag,
     shell:
-        "{params.launch} --recipe {input.recipe:q} --model {input.init:q} --manifests {input.manifests:q} "
-        "--tasks {params.tasks} --eval-manifests {input.eval:q} --output-dir {output.model:q} "
-        "--checkpoint-dir {params.checkpoints:q} --seed {params.seed} --threads {threads} {params.trust} "
-        "{params.media} > {log:q} 2>&1"
+        "{params.launch} --recipe {input.recipe:q} {params.override} --model {params.init:q} "
+        "--manifests {input.manifests:q} --tasks {params.tasks} --eval-manifests {input.eval:q} "
+        "--output-dir {output.model:q} --checkpoint-dir {params.checkpoints:q} --seed {params.seed} "
+        "--threads {threads} {params.trust} {params.media} > {log:q} 2>&1"
 
 
 rule grpo:

@@ -181,7 +181,7 @@ def compute(
         n = len(records)
     else:
         raise ValueError(f"no metrics for task {task!r}")
-    return res, points, {"n": n, "unparsed": unparsed, "format_rate": fmt}
+    return res, points, {"n": n, "n_judgments": len(records), "unparsed": unparsed, "format_rate": fmt}
 
 
 def points_csv(points: list[dict[str, Any]]) -> str:
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", choices=("prob", "votes"), default="prob")
     ap.add_argument("--scale", nargs=2, type=float, default=(1.0, 5.0))
     ap.add_argument("--demo", action="store_true", help="label the results as the embedded demo's")
+    ap.add_argument(
+        "--pred-scale", choices=("mos", "raw"), default="mos", help="raw: predictions on a metric's own scale (CLIP)"
+    )
     ap.add_argument("--out", required=True, type=Path, help="metrics JSON; the points CSV goes beside it")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         **counts,
         "demo": a.demo,
         "margin": a.margin if a.task == "comparison" else None,
+        "pred_scale": a.pred_scale,
         "metrics": res,
     }
     atomic_write_json(a.out, out)

@@ -203,14 +203,28 @@ def _dims_from_text(s: str) -> dict[str, float]:
     return out
 
 
+_THREE_NUMBERS = re.compile(r"\s*(-?\d+(?:\.\d+)?)[\s,;/]+(-?\d+(?:\.\d+)?)[\s,;/]+(-?\d+(?:\.\d+)?)\s*")
+
+
+def _dims_positional(s: str) -> dict[str, float]:
+    """The compact answer of the short prompt style: exactly three numbers, spatial, temporal, alignment."""
+    m = _THREE_NUMBERS.fullmatch(s)
+    if m is None:
+        return {}
+    values = [_finite(float(x)) for x in m.groups()]
+    return {d: v for d, v in zip(DIMENSIONS, values, strict=True) if v is not None}
+
+
 def parse_dimensions(answer: Any) -> dict[str, float] | None:
     """``{"spatial", "temporal", "alignment"}`` scores from a JSON object or loose ``key: value`` text.
 
     Keys are case-insensitive, "consistency" is an alias of "alignment" (official release) and a "_quality"/"_score"
-    suffix is tolerated. Returns None unless all three dimensions are present and finite.
+    suffix is tolerated. An answer that is exactly three numbers ("3 4.5 2") is read positionally as spatial,
+    temporal, alignment: the compact form of the short prompt style, which a byte-level tiny model can emit within a
+    few tokens. Returns None unless all three dimensions are present and finite.
     """
     s = _as_str(answer)
-    for parser in (_dims_from_json, _dims_from_text):
+    for parser in (_dims_from_json, _dims_from_text, _dims_positional):
         dims = parser(s)
         if all(d in dims for d in DIMENSIONS):
             return {d: dims[d] for d in DIMENSIONS}

@@ -184,7 +184,7 @@ _D = {"spatial": 3.0, "temporal": 4.5, "alignment": 2.0}
         ('{"spatial": ' + "9" * 5000 + ', "temporal": 4.5, "alignment": 2}', None),
         ("[" * 10000 + "]" * 10000, None),
         ("{" * 10000, None),
-        ("3, 4.5, 2", None),
+        ("3, 4.5, 2", {"spatial": 3.0, "temporal": 4.5, "alignment": 2.0}),  # the short style's compact form
         ("", None),
         (None, None),
         ({"spatial": 3, "temporal": 4.5, "alignment": 2}, None),  # non-string
@@ -288,3 +288,17 @@ def test_fuzz_conversational_matches_plain(chunks: list[str]) -> None:
     conversational = [{"role": "assistant", "content": [{"type": "text", "text": c} for c in chunks]}]
     assert completion_text(conversational) == plain
     assert is_well_formed(completion_text(conversational)) == is_well_formed(plain)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("3 4 5", {"spatial": 3.0, "temporal": 4.0, "alignment": 5.0}),
+        (" 3.25, 4.5, 1 ", {"spatial": 3.25, "temporal": 4.5, "alignment": 1.0}),
+        ("3 4", None),
+        ("3 4 5 6", None),
+        ("scores 3 4 5", None),
+    ],
+)
+def test_parse_dimensions_compact_positional_form(answer, expected):
+    assert parse_dimensions(answer) == expected

@@ -99,8 +99,11 @@ class SFTRecipe:
 # ---------------------------------------------------------------------------------------------------------------
 # targets
 # ---------------------------------------------------------------------------------------------------------------
-def answer_text(row: dict[str, Any]) -> str:
-    """The row's ground truth as the judge answers it (scores with two decimals, 'Video A'/'Video B', yes/no)."""
+def answer_text(row: dict[str, Any], style: str = "full") -> str:
+    """The row's ground truth as the judge answers it (scores with two decimals, 'Video A'/'Video B', yes/no).
+
+    Multi-dimension scores are a JSON object, or three numbers (spatial temporal alignment) in the short style.
+    """
     task, sid = row["task"], row.get("sample_id")
     if task in ("image_score", "video_score"):
         if row.get("gt_score") is None:
@@ -110,6 +113,8 @@ def answer_text(row: dict[str, Any]) -> str:
         d = row.get("gt_scores") or {}
         if any(d.get(k) is None for k in ("spatial", "temporal", "alignment")):
             raise ValueError(f"{sid}: multidim_score row without all of gt_scores.spatial/temporal/alignment")
+        if style == "short":
+            return " ".join(f"{float(d[k]):.2f}" for k in ("spatial", "temporal", "alignment"))
         return (
             f'{{"spatial": {float(d["spatial"]):.2f}, "temporal": {float(d["temporal"]):.2f}, '
             f'"alignment": {float(d["alignment"]):.2f}}}'
@@ -129,9 +134,9 @@ def answer_text(row: dict[str, Any]) -> str:
     raise ValueError(f"{sid}: no SFT target for task {task!r}")
 
 
-def target_text(row: dict[str, Any]) -> str:
+def target_text(row: dict[str, Any], style: str = "full") -> str:
     """`<think></think><answer>{answer}</answer>` (the eos token is appended by the collator)."""
-    return f"<think></think><answer>{answer_text(row)}</answer>"
+    return f"<think></think><answer>{answer_text(row, style)}</answer>"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,12 +145,12 @@ def target_text(row: dict[str, Any]) -> str:
 ROW_FIELDS = ("sample_id", "task", "media_type", "media", "prompt_text", "question")
 
 
-def build_sft_dataset(rows: list[dict[str, Any]]):
+def build_sft_dataset(rows: list[dict[str, Any]], style: str = "full"):
     """A plain `datasets.Dataset` of the row fields the prompt needs plus the `completion` text (no media decoded)."""
     from datasets import Dataset
 
     table: dict[str, list] = {c: [r[c] for r in rows] for c in ROW_FIELDS}
-    table["completion"] = [target_text(r) for r in rows]
+    table["completion"] = [target_text(r, style) for r in rows]
     return Dataset.from_dict(table)
 
 
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loader = MediaLoader(media_spec(a))
     rows = to_records(select_rows(a.manifests, a.tasks, a.split, limit=recipe.limit, seed=a.seed))
-    dataset = build_sft_dataset(rows)
+    dataset = build_sft_dataset(rows, recipe.prompt_style)
     log.info("SFT target example: %r", dataset[0]["completion"])
 
     rank = int(os.environ.get("RANK", "0"))

@@ -59,8 +59,9 @@ class Recipe:
             raise ValueError(f"unknown temporal key(s) {sorted(unknown)}")
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    def load(cls, path: str | Path, override: dict[str, Any] | None = None) -> Recipe:
+        """The recipe file, with `override` (nested keys, e.g. an ablation's) deep-merged on top."""
+        data = deep_merge(yaml.safe_load(Path(path).read_text()) or {}, override or {})
         known = {f.name for f in fields(cls)}
         bad = sorted(set(data) - known)
         if bad:
@@ -69,6 +70,14 @@ class Recipe:
             return cls(**data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` merged in: nested dicts merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -106,6 +115,7 @@ def run_fingerprint(a: argparse.Namespace) -> str:
     """What a checkpoint was trained from: recipe text, init model, data, seed and media settings."""
     ident = {
         "recipe": Path(a.recipe).read_text(),
+        "recipe_override": getattr(a, "recipe_override", None),
         "model": [a.model, _file_identity(Path(a.model))],
         "manifests": [[m, _file_identity(Path(m))] for m in a.manifests],
         "tasks": a.tasks,
@@ -157,7 +167,10 @@ def _callbacks(curves_path: Path):
                         if isinstance(v, int | float):
                             w.writerow([state.global_step, k, v])
 
-    return [MarkComplete(), CsvLog()]
+    from .preempt import CheckpointOnSignal
+
+    # CheckpointOnSignal last, so MarkComplete has marked the checkpoint it saves on SLURM's warning signal.
+    return [MarkComplete(), CsvLog(), CheckpointOnSignal()]
 
 
 def curves_table(log_history: list[dict]) -> str:
@@ -173,6 +186,9 @@ def curves_table(log_history: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", required=True, type=Path)
+    ap.add_argument(
+        "--recipe-override", type=json.loads, default=None, help="JSON object deep-merged into the recipe (ablations)"
+    )
     ap.add_argument("--model", required=True, help="init model: hub id or local directory")
     ap.add_argument("--manifests", nargs="+", required=True)
     ap.add_argument("--tasks", nargs="+", required=True)
@@ -201,7 +217,7 @@ def _held_out(a: argparse.Namespace, recipe: Recipe) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = Recipe.load(a.recipe)
+    recipe = Recipe.load(a.recipe, a.recipe_override)
     for m in [*a.manifests, *a.eval_manifests]:
         if not Path(m).is_file():
             log.error("%s: data manifest not found (run the manifest rule: snakemake %s)", m, m)

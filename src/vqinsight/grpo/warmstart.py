@@ -29,13 +29,19 @@ log = logging.getLogger("vqinsight.warmstart")
 THINK = "ok"
 
 
-def random_answer(task: str, rng: np.random.Generator, scale: tuple[float, float]) -> str:
-    """An answer in the task's format, drawn independently of the media."""
+def random_answer(task: str, rng: np.random.Generator, scale: tuple[float, float], style: str = "full") -> str:
+    """An answer in the task's format, drawn independently of the media.
+
+    Multi-dimension answers are a JSON object, or in the short style the compact "spatial temporal alignment" form
+    (three numbers), which fits the demo's short completions (a byte-level tokenizer spends a token per character).
+    """
     lo, hi = int(np.ceil(scale[0])), int(np.floor(scale[1]))
     if task in ("image_score", "video_score"):
         return str(int(rng.integers(lo, hi + 1)))
     if task == "multidim_score":
         s, t, a = (int(x) for x in rng.integers(lo, hi + 1, 3))
+        if style == "short":
+            return f"{s} {t} {a}"
         return f'{{"spatial": {s}, "temporal": {t}, "alignment": {a}}}'
     if task == "comparison":
         return "Video A" if rng.random() < 0.5 else "Video B"
@@ -44,8 +50,8 @@ def random_answer(task: str, rng: np.random.Generator, scale: tuple[float, float
     raise ValueError(f"no answer format for task {task!r}")
 
 
-def completion_text(task: str, rng: np.random.Generator, scale: tuple[float, float]) -> str:
-    return f"<think>{THINK}</think><answer>{random_answer(task, rng, scale)}</answer>"
+def completion_text(task: str, rng: np.random.Generator, scale: tuple[float, float], style: str = "full") -> str:
+    return f"<think>{THINK}</think><answer>{random_answer(task, rng, scale, style)}</answer>"
 
 
 def _batch(processor, rows, loader, style, scale, rng):
@@ -53,7 +59,7 @@ def _batch(processor, rows, loader, style, scale, rng):
     import torch
 
     tok = processor.tokenizer
-    comps = [completion_text(r["task"], rng, scale) + tok.eos_token for r in rows]
+    comps = [completion_text(r["task"], rng, scale, style) + tok.eos_token for r in rows]
     inp = encode_batch(processor, rows, loader, style, scale, suffixes=comps, padding_side="right")
     labels = torch.full_like(inp["input_ids"], -100)
     for i, c in enumerate(comps):

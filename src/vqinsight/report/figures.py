@@ -179,11 +179,21 @@ def _record_label(r: MetricsRecord) -> str:
 # ---------------------------------------------------------------- scatter
 
 
-def _scatter_panel(ax: Axes, gt: np.ndarray, pred: np.ndarray, label: str, stats: str) -> None:
+def _scatter_panel(
+    ax: Axes, gt: np.ndarray, pred: np.ndarray, label: str, stats: str, raw_scale: bool = False
+) -> None:
     ok = np.isfinite(gt) & np.isfinite(pred)
     n_bad = int((~ok).sum())
     ax.set_xlabel(GT_LABEL)
     ax.set_ylabel(PRED_LABEL)
+    if raw_scale and ok.any():
+        # a baseline's own metric (e.g. CLIP-IQA in [0, 1], CLIPScore in [0, 100]): its own y axis, no identity line
+        ax.set_title(f"{label} (n = {int(ok.sum())})\n{stats}", fontsize=9)
+        ax.scatter(gt[ok], pred[ok], s=14, alpha=0.35, edgecolors="none", zorder=2)
+        ax.set_ylabel("predicted (metric's own scale)")
+        ax.set_xlim(MOS_RANGE[0] - 0.2, MOS_RANGE[1] + 0.2)
+        ax.xaxis.set_major_locator(MultipleLocator(1))
+        return
     ax.set_title(f"{label} (n = {int(ok.sum())})\n{stats}", fontsize=9)
     if not ok.any():
         ax.set_xlim(*MOS_RANGE)
@@ -221,13 +231,18 @@ def scatter_figure(benchmark: str, entries: Sequence[tuple[MetricsRecord, dict[s
             dims = pts["dimension"] if "dimension" in pts else np.full(pts["gt"].shape, "")
             for j, dim in enumerate(DIMENSIONS):
                 sel = dims == dim
+                ax = axes[i * ncols + j]
+                if not sel.any():  # a one-dimension baseline (CLIPScore: alignment, CLIP-IQA: spatial)
+                    ax.set_axis_off()
+                    ax.text(0.5, 0.5, f"{label}:\n{dim} not predicted", ha="center", va="center", fontsize=8)
+                    continue
                 m = r.metrics.get(dim) if isinstance(r.metrics.get(dim), dict) else {}
                 stats = f"{dim}: SRCC {_f3(m.get('srcc'))}, PLCC (raw) {_f3(m.get('plcc'))}"
-                _scatter_panel(axes[i * ncols + j], pts["gt"][sel], pts["pred"][sel], label, stats)
+                _scatter_panel(ax, pts["gt"][sel], pts["pred"][sel], label, stats, r.pred_scale == "raw")
         else:
             m = r.metrics
             stats = f"SRCC {_f3(m.get('srcc'))}, PLCC (raw) {_f3(m.get('plcc'))}"
-            _scatter_panel(axes[i], pts["gt"], pts["pred"], label, stats)
+            _scatter_panel(axes[i], pts["gt"], pts["pred"], label, stats, r.pred_scale == "raw")
     used = len(entries) * (ncols if multidim else 1)
     for ax in axes[used:]:
         ax.remove()
@@ -396,7 +411,9 @@ def swap_flip_figure(records: Sequence[MetricsRecord]) -> Figure | None:
         )
         top = max(top, float(np.nanmax(vals)) if np.isfinite(vals).any() else 0.0)
     ax.set_xticks(x, [benchmark_name(b) for b in benches])
-    ax.set_ylim(0, max(0.05, min(1.0, top * 1.25 + 0.02)))
+    ymax = max(0.05, top * 1.15 + 0.02)  # headroom for the bar labels, also when a rate is 100 %
+    ax.set_ylim(0, ymax)
+    ax.set_yticks([t for t in np.linspace(0, 1, 6) if t <= ymax])
     ax.set_ylabel("swap-flip rate (lower is better)")
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.set_title("verdict flips when the two videos are swapped", fontsize=10)

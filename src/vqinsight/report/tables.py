@@ -131,6 +131,8 @@ class MetricsRecord:
     unparsed: int | None
     demo: bool
     metrics: dict[str, Any]
+    n_judgments: int | None = None  # comparisons: two judgments (orders) per pair
+    pred_scale: str = "mos"  # "raw": a baseline's own metric scale (CLIP), not the MOS scale
 
     def display_label(self, demo: bool = False) -> str:
         """The label, with " (demo)" appended when this is a demo result (unless the label already says so)."""
@@ -192,6 +194,8 @@ def load_metrics(paths: Iterable[str | Path]) -> list[MetricsRecord]:
                 unparsed=_int_or_none(obj.get("unparsed")),
                 demo=bool(obj.get("demo", False)),
                 metrics=obj["metrics"],
+                n_judgments=_int_or_none(obj.get("n_judgments")),
+                pred_scale=str(obj.get("pred_scale") or "mos"),
             )
         )
     log.info("read %d metrics file(s)", len(records))
@@ -366,7 +370,8 @@ def _parse_notes(records: Sequence[MetricsRecord], demo: bool) -> list[str]:
     for r in records:
         if r.unparsed:
             rate = f", format rate {100 * r.format_rate:.1f}%" if r.format_rate is not None else ""
-            of = f" of {r.n}" if r.n is not None else ""
+            total = r.n_judgments if r.n_judgments is not None else r.n
+            of = f" of {total}" if total is not None else ""
             notes.append(
                 f"{r.display_label(demo)} on {benchmark_name(r.benchmark)}: {r.unparsed}{of} outputs unparsed{rate}."
             )

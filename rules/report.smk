@@ -1,0 +1,69 @@
+# The paper's Tables 1-5 and figures from the metrics files (cheap, local). Our rows sit beside the paper's reported
+# rows (config/reported.yaml), clearly labelled. `snakemake --report results/report.html` collects them.
+
+TABLES = [f"table{k}" for k in range(1, 6)]
+REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "__main__.py")]
+
+
+localrules:
+    tables,
+    figures,
+
+
+rule tables:
+    input:
+        metrics=eval_metrics_files,
+        reported=repo_file("config/reported.yaml"),
+        code=REPORT_CODE,
+    output:
+        md=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
+        tex=expand(f"{RESULTS}/tables/{{table}}.tex", table=TABLES),
+        csv=[
+            report(
+                f"{RESULTS}/tables/{t}.csv",
+                category="Tables",
+                caption=repo_file("docs/report/tables.rst"),
+            )
+            for t in TABLES
+        ],
+    log:
+        f"{LOGS}/report/tables.log",
+    conda:
+        "../environment.yml"
+    params:
+        out=lambda wildcards, output: str(Path(output.md[0]).parent),
+        demo="--demo" if BUILD_TINY else "",
+    shell:
+        "python -m vqinsight.report tables --metrics {input.metrics:q} --reported {input.reported:q} "
+        "--out-dir {params.out:q} {params.demo} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=eval_metrics_files,
+        curves=list(curves_files().values()),
+        code=REPORT_CODE,
+    output:
+        figures=report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{name}.png"],
+            category="Figures",
+            caption=repo_file("docs/report/figures.rst"),
+        ),
+    log:
+        f"{LOGS}/report/figures.log",
+    conda:
+        "../environment.yml"
+    params:
+        curves=lambda wildcards: " ".join(
+            shlex.quote(f"{label}={path}/curves.csv") for label, path in curves_files().items()
+        ),
+    shell:
+        "python -m vqinsight.report figures --metrics {input.metrics:q} --curves {params.curves} "
+        "--out-dir {output.figures:q} > {log:q} 2>&1"
+
+
+rule report:
+    input:
+        rules.tables.output,
+        rules.figures.output,
