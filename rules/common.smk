@@ -311,3 +311,28 @@ wildcard_constraints:
     task_model="|".join(TASK_MODELS),
     variant="|".join(VARIANTS),
     benchmark="|".join(BENCHMARKS) or "NONE",
+
+
+def provenance_files(wildcards=None):
+    """Results whose meta.json goes into the provenance table: manifests, models, predictions, metrics."""
+    models = grpo_models() + [
+        f"{RESULTS}/grpo/stage2/{tm}/{v}/model" for v, spec in ABLATIONS.items() for tm in spec["task_models"]
+    ]
+    if any(v["type"] == "sft" for v in BASELINES.values()):
+        models += [f"{RESULTS}/baselines/sft/{tm}/model" for tm in TASK_MODELS]
+    preds = [f"{RESULTS}/eval/predictions/{s}/{b}.jsonl" for s, v in SYSTEMS.items() for b in v["benchmarks"]]
+    return manifests() + models + preds + eval_metrics_files()
+
+
+def provenance_meta(paths):
+    """The meta.json of each result: inside a model directory, else beside the file."""
+    out = []
+    for p in map(str, paths):
+        path = Path(p)
+        if path.suffix in (".parquet", ".json"):
+            out.append(str(path.with_suffix(".meta.json")))
+        elif path.suffix == ".jsonl":
+            out.append(f"{p}.meta.json")
+        else:
+            out.append(str(path / "meta.json"))
+    return out

@@ -8,6 +8,7 @@ REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "__m
 localrules:
     tables,
     figures,
+    provenance,
 
 
 rule tables:
@@ -55,15 +56,34 @@ rule figures:
     conda:
         "../environment.yml"
     params:
+        dpi=config.get("report", {}).get("dpi", 150),
         curves=lambda wildcards: " ".join(
             shlex.quote(f"{label}={path}/curves.csv") for label, path in curves_files().items()
         ),
     shell:
         "python -m vqinsight.report figures --metrics {input.metrics:q} --curves {params.curves} "
-        "--out-dir {output.figures:q} > {log:q} 2>&1"
+        "--out-dir {output.figures:q} --dpi {params.dpi} > {log:q} 2>&1"
+
+
+# What produced each result: git SHA, time, device and package versions from every meta.json, in the HTML report.
+rule provenance:
+    input:
+        meta=provenance_files,
+        code=REPORT_CODE,
+    output:
+        report(f"{RESULTS}/provenance.csv", category="Provenance", caption=repo_file("docs/report/provenance.rst")),
+    log:
+        f"{LOGS}/report/provenance.log",
+    conda:
+        "../environment.yml"
+    params:
+        meta=lambda wildcards, input: " ".join(shlex.quote(m) for m in provenance_meta(input.meta)),
+    shell:
+        "python -m vqinsight.report provenance --meta {params.meta} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
         rules.tables.output,
         rules.figures.output,
+        rules.provenance.output,

@@ -528,3 +528,21 @@ def test_cli_tables_figures_index(fx, tmp_path):
 def test_write_index_empty_dirs(tmp_path):
     out = write_index(tmp_path / "t", tmp_path / "f", tmp_path / "index.md")
     assert "(no tables in" in out.read_text() and "(no figures in" in out.read_text()
+
+
+def test_provenance_table_has_one_row_per_result(tmp_path):
+    import csv as _csv
+
+    from vqinsight.provenance import write_meta
+    from vqinsight.report.__main__ import main as report_main
+
+    for name in ("a", "b"):
+        write_meta(tmp_path / name / "meta.json", {"k": name})
+    out = tmp_path / "prov.csv"
+    assert report_main(["provenance", "--meta", *(str(tmp_path / n / "meta.json") for n in "ab"), "--root",
+                        str(tmp_path), "--out", str(out)]) == 0  # fmt: skip
+    rows = list(_csv.DictReader(out.open()))
+    assert [r["result"] for r in rows] == ["a/meta.json", "b/meta.json"]
+    assert all(r["created"] and r["device"] and "command" in r for r in rows)
+    (tmp_path / "bad.json").write_text("{")
+    assert report_main(["provenance", "--meta", str(tmp_path / "bad.json"), "--out", str(out)]) == 1

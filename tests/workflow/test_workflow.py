@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -205,3 +206,88 @@ def test_ruff_is_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         p = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, check=False)
         assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rerun semantics on the finished demo: only what a change affects is planned again (dry runs, nothing is rerun).
+# ---------------------------------------------------------------------------------------------------------------
+DATA_RULES = {"download", "manifest", "frame_cache", "tiny_model", "demo_base"}
+
+
+def planned(cwd: Path, configfile: Path) -> dict[str, int]:
+    """Rule -> job count of a dry run ({} when there is nothing to do)."""
+    import re
+
+    p = smk("-n", "--configfile", str(configfile), cwd=cwd)
+    out = p.stdout + p.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+
+
+def _config_variant(demo_run: Path, name: str, patch) -> Path:
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    patch(cfg)
+    path = demo_run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_rerun_stage2_hyperparameter_reruns_stage2_and_downstream_only(demo_run):
+    """(a) An edited stage-2 recipe reruns stage 2, its predictions, metrics and report; not stage 1 or data."""
+    recipe = yaml.safe_load((ROOT / "config/recipes/demo_stage2.yaml").read_text())
+    recipe["trainer"]["learning_rate"] = 5e-4
+    (demo_run / "stage2_lr.yaml").write_text(yaml.safe_dump(recipe))
+    cfg = _config_variant(
+        demo_run, "cfg_lr", lambda c: c["grpo"]["stage2"].update(recipe=str(demo_run / "stage2_lr.yaml"))
+    )
+    jobs = planned(demo_run, cfg)
+    n_models = 3 + 4  # the full task models and the ablation variants
+    assert jobs.get("grpo_stage2") == n_models, jobs
+    assert {"judge_predict", "eval_metrics", "tables", "figures", "provenance"} <= set(jobs), jobs
+    assert not (set(jobs) & (DATA_RULES | {"grpo_stage1", "sft_baseline", "clip_predict", "tiny_clip"})), jobs
+
+
+@pytest.mark.slow
+def test_rerun_report_option_reruns_only_report_rules(demo_run):
+    """(b) A presentation option (figure resolution) reruns the figures and nothing else."""
+    cfg = _config_variant(demo_run, "cfg_dpi", lambda c: c["report"].update(dpi=200))
+    assert planned(demo_run, cfg) == {"figures": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_rerun_nothing_changed_plans_nothing(demo_run):
+    """(c) No change: nothing to do (also after the dry runs above)."""
+    assert planned(demo_run, ROOT / "config" / "demo.yaml") == {}
+
+
+@pytest.mark.slow
+def test_rerun_metrics_code_edit_reruns_metrics_and_report_only(demo_run):
+    """(d) Editing a metrics module reruns every metrics job and the report, never a GPU stage.
+
+    Training and prediction code is not a rule input on purpose (a refactor must not retrain a 7B judge): after
+    such an edit, rerun deliberately, e.g. `snakemake -R grpo_stage2` (README, "Rerunning a stage").
+    """
+    src = ROOT / "src/vqinsight/metrics.py"
+    st = src.stat()
+    try:
+        os.utime(src, (st.st_atime, time.time() + 5))
+        jobs = planned(demo_run, ROOT / "config" / "demo.yaml")
+    finally:
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert set(jobs) == {"eval_metrics", "tables", "figures", "provenance", "all"}, jobs
+    assert jobs["eval_metrics"] == len(list((demo_run / "results/demo/eval/metrics").glob("*/*.meta.json")))
+
+
+@pytest.mark.slow
+def test_html_report_bundles_tables_figures_and_provenance(demo_run):
+    """`snakemake --report` works on the finished demo and carries the figures, tables and provenance table."""
+    html = demo_run / "report.html"
+    smk("--configfile", str(ROOT / "config" / "demo.yaml"), "--report", str(html), cwd=demo_run)
+    text = html.read_text(errors="replace")
+    for needle in ("tau_epsilon.png", "table1.csv", "provenance.csv"):
+        assert needle in text, needle
+    prov = pl.read_csv(demo_run / "results/demo/provenance.csv")
+    assert prov.height >= 40 and prov["git_sha"].null_count() < prov.height

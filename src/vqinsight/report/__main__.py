@@ -64,11 +64,51 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--metrics", nargs="*", type=Path, default=[], help="metrics JSON files (points files beside)")
     f.add_argument("--curves", nargs="*", default=[], metavar="[LABEL=]CSV", help="training curves.csv files")
     f.add_argument("--out-dir", required=True, type=Path)
+    f.add_argument("--dpi", type=int, default=150, help="PNG resolution (config report.dpi)")
     i = sub.add_parser("index", aliases=["manifest"], help="write a Markdown index of tables and figures")
     i.add_argument("--tables", required=True, type=Path, help="directory with table*.md|tex|csv")
     i.add_argument("--figures", required=True, type=Path, help="directory with *.png|pdf")
     i.add_argument("--out", required=True, type=Path, help="index Markdown file")
+    p = sub.add_parser("provenance", help="one CSV row per meta.json: what produced each result, with which code")
+    p.add_argument("--meta", nargs="+", type=Path, required=True, help="meta.json files")
+    p.add_argument("--root", type=Path, default=Path("."), help="paths in the table are relative to this")
+    p.add_argument("--out", required=True, type=Path, help="provenance CSV")
     return ap
+
+
+PROVENANCE_PACKAGES = ("torch", "transformers", "trl", "accelerate", "snakemake")
+
+
+def write_provenance(metas: Sequence[Path], root: Path, out: Path) -> Path:
+    """A CSV (one row per result) of git SHA, creation time, device and key package versions from meta.json files."""
+    import csv
+    import io
+    import json
+
+    from vqinsight.provenance import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["result", "created", "git_sha", "device", *PROVENANCE_PACKAGES, "command"])
+    for m in sorted(metas):
+        try:
+            obj = json.loads(Path(m).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{m}: unreadable provenance file ({e})") from e
+        dev = obj.get("device") or {}
+        gpus = dev.get("gpu")
+        device = ", ".join(gpus) if gpus else f"CPU ({dev.get('cpu_count', '?')} cores)"
+        pk = obj.get("packages") or {}
+        try:
+            rel = str(Path(m).resolve().relative_to(root.resolve()))
+        except ValueError:
+            rel = str(m)
+        argv = " ".join(obj.get("argv") or [])
+        w.writerow(
+            [rel, obj.get("created"), obj.get("git_sha"), device, *(pk.get(k) for k in PROVENANCE_PACKAGES), argv]
+        )
+    atomic_write_text(out, buf.getvalue())
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "figures":
             from vqinsight.report.figures import write_figures
 
-            written = write_figures(args.metrics, args.curves, args.out_dir)
+            written = write_figures(args.metrics, args.curves, args.out_dir, dpi=args.dpi)
+        elif args.command == "provenance":
+            written = [write_provenance(args.meta, args.root, args.out)]
         else:
             written = [write_index(args.tables, args.figures, args.out)]
     except (OSError, ValueError) as e:

@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 DPI = 150
+_DPI = [DPI]  # the resolution of the current write_figures call (config report.dpi)
 PANEL_W, PANEL_H = 3.4, 2.9  # inches per subplot
 SCATTER_PANEL = (3.3, 3.7)  # square axes plus a two-line title and the x label
 MIN_FIG_W = 4.6  # inches: room for a suptitle above a single panel
@@ -153,11 +154,12 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(max(n, 1) / ncols), ncols
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, stem: str, dpi: int | None = None) -> list[Path]:
+    dpi = dpi or _DPI[0]
     paths = []
     for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=DPI, metadata=meta)
+        fig.savefig(buf, format=ext, dpi=dpi, metadata=meta)
         path = out_dir / f"{stem}.{ext}"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
@@ -428,6 +430,7 @@ def write_figures(
     metrics_paths: Iterable[str | Path],
     curves: Iterable[str],
     out_dir: str | Path,
+    dpi: int = DPI,
 ) -> list[Path]:
     """Write every figure the inputs allow into ``out_dir``; returns the written paths.
 
@@ -435,7 +438,9 @@ def write_figures(
         metrics_paths: Metrics JSON files (points files are found beside them).
         curves: ``curves.csv`` files, each optionally as ``label=path``.
         out_dir: Output directory.
+        dpi: PNG resolution.
     """
+    _DPI[0] = dpi
     out_dir = Path(out_dir)
     records = load_metrics(metrics_paths)
     written: list[Path] = []
