@@ -177,7 +177,7 @@ def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, f
         if fmt == "q_insight" and answer is not None:
             try:
                 s = str(json.loads(answer).get("rating")) if answer.strip().startswith("{") else answer
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested JSON
                 s = answer
         pred = parse_score(s)
         if pred is not None and fmt == "release":

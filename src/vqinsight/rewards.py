@@ -145,6 +145,8 @@ def _truthy(value: Any) -> bool:
     """A correctness flag: True, or a finite number > 0.5."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int):  # exact: math.isfinite would overflow on ints beyond the float range
+        return value > 0
     return isinstance(value, Real) and math.isfinite(value) and value > 0.5
 
 

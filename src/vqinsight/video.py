@@ -250,11 +250,13 @@ def _read_pyav(p: Path, nframes: int, declared: int) -> np.ndarray:
     return np.stack(frames).astype(np.uint8, copy=False)
 
 
-def _resize(frames: np.ndarray, max_pixels: int, min_pixels: int, factor: int) -> np.ndarray:
+def _resize(frames: np.ndarray, max_pixels: int, min_pixels: int, factor: int, p: Path) -> np.ndarray:
     """Resize (T, H, W, 3) uint8 frames to ``fit_pixels`` with PIL bicubic (antialiased when shrinking)."""
     from PIL import Image
 
     h, w = frames.shape[1:3]
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:  # a property of the file, not a caller error: name the file
+        raise MediaError(f"{p}: aspect ratio of {h}x{w} is {max(h, w) / min(h, w):.1f}, above {MAX_ASPECT_RATIO}")
     h2, w2 = fit_pixels(h, w, max_pixels, min_pixels, factor)
     if (h2, w2) == (h, w):
         return frames
@@ -284,7 +286,7 @@ def read_frames(
     else:
         frames = _read_pyav(p, nframes, declared)
     if max_pixels is not None:
-        frames = _resize(frames, max_pixels, min_pixels, factor)
+        frames = _resize(frames, max_pixels, min_pixels, factor, p)
     return frames
 
 
@@ -327,7 +329,7 @@ def read_image(
     except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, ValueError from plugins
         raise MediaError(f"{p}: cannot decode: {_reason(exc)}") from exc
     if max_pixels is not None:
-        arr = _resize(arr[None], max_pixels, min_pixels, factor)[0]
+        arr = _resize(arr[None], max_pixels, min_pixels, factor, p)[0]
     return arr
 
 

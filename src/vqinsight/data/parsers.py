@@ -54,6 +54,8 @@ def to_float(value: Any, what: str = "label") -> float:
         x = float(value)
     except (TypeError, ValueError):
         raise LabelError(f"non-numeric {what} {str(value)[:40]!r}") from None
+    except OverflowError:  # an integer beyond the float range (e.g. a JSON literal 10**400)
+        raise LabelError(f"non-finite {what} {str(value)[:40]!r}") from None
     if not math.isfinite(x):
         raise LabelError(f"non-finite {what} {value!r}")
     return x
@@ -85,13 +87,16 @@ def read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
     """Read a CSV as strings, checking the header has the required columns."""
     if not path.is_file():
         raise ParseError(f"{path}: annotation file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ParseError(f"{path}: missing column(s) {missing}; found {header}")
-        return [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ParseError(f"{path}: missing column(s) {missing}; found {header}")
+            return [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:  # binary or non-UTF-8 file, oversized field
+        raise ParseError(f"{path}: cannot read CSV: {e}") from None
 
 
 def read_parquet_rows(path: Path, required: Iterable[str]) -> list[dict[str, Any]]:
@@ -176,7 +181,7 @@ def parse_koniq(root: Path, scale: tuple[float, float]) -> Parsed:
             raise ParseError(f"{path}: annotation file not found")
         try:
             items = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
             raise ParseError(f"{path}: not valid JSON: {e}") from None
         if not isinstance(items, list):
             raise ParseError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
