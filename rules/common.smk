@@ -146,7 +146,7 @@ def stage2_start_input(wildcards):
 
 def stage2_init(wildcards):
     """Stage 2's init: its start model, or that model's format warm start where one is configured (demo)."""
-    if "format_warm_start" in GRPO["stage2"]:
+    if "format_warm_start" in GRPO["stage2"] and stage2_spec(wildcards).get("format_warm_start", True):
         return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/{wildcards.variant}/init"
     return stage2_start(wildcards)
 
@@ -156,9 +156,17 @@ def stage2_init_input(wildcards):
     return base_model_input(wildcards) if init == config["model"]["base"] else [init]
 
 
+def _merged(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def recipe_override(wildcards):
-    """The ablation's recipe changes as a JSON argument ('' for none); a changed value reruns the job."""
-    over = variant_spec(wildcards).get("recipe")
+    """The task model's and the ablation's recipe changes as one JSON argument ('' for none); a changed value
+    reruns the job."""
+    over = _merged(stage2_spec(wildcards).get("recipe", {}), variant_spec(wildcards).get("recipe", {}))
     return f"--recipe-override {shlex.quote(json.dumps(over, sort_keys=True))}" if over else ""
 
 

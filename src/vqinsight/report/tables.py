@@ -323,9 +323,16 @@ def _dim_metric(m: dict[str, Any], dim: str, metric: str) -> float | None:
 
 
 def _dim_mean(m: dict[str, Any], metric: str) -> float | None:
-    """Mean of a metric over the three dimensions; None if any is undefined (a partial mean is not comparable)."""
-    vals = [_dim_metric(m, d, metric) for d in DIMENSIONS]
-    return None if any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
+    """Mean of a metric over the three dimensions; None if a dimension was not predicted at all (a partial mean is
+    not comparable). A predicted dimension whose correlation is undefined because the prediction is constant counts
+    as 0: it carries no ranking information."""
+    vals = []
+    for d in DIMENSIONS:
+        v = _dim_metric(m, d, metric)
+        if v is None and not isinstance(m.get(d), dict):
+            return None
+        vals.append(0.0 if v is None else v)
+    return sum(vals) / len(vals)
 
 
 def _measured_rows(
@@ -584,7 +591,8 @@ _ABLATION_LEGENDS = {
     "table4": (
         "mean PLCC / KRCC / SRCC = Pearson (raw) / Kendall tau-b / Spearman correlation with the MOS, averaged "
         "over LGVQ's spatial, temporal and alignment dimensions (the paper's full-model row equals the mean of its "
-        "Table 2); on a single-score benchmark SRCC and PLCC (after the 4-parameter logistic fit)"
+        "Table 2; here a dimension with a constant prediction, whose correlation is undefined, counts as 0); "
+        "on a single-score benchmark SRCC and PLCC (after the 4-parameter logistic fit)"
     ),
     "table5": f"{_PAIR_LEGEND}; in %",
 }
