@@ -106,6 +106,11 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, patch, needle):
     assert needle in p.stdout + p.stderr
 
 
+# The demo DAG (~14 min on 2 cores) runs inside the setup of the first test that uses it, which pytest-timeout
+# counts against that test: those tests get a limit above the DAG's own 40-minute subprocess timeout.
+DEMO_TIMEOUT = pytest.mark.timeout(2700)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """`make demo` in miniature: the whole demo DAG in a scratch working directory (minutes on 2 cores)."""
@@ -115,6 +120,7 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_demo_builds_every_manifest_then_has_nothing_to_do(demo_run):
     for key in DATASET_KEYS:
         df = load_manifest(demo_run / "results/demo/manifests" / f"{key}.parquet", scale=(1.0, 5.0))
@@ -133,6 +139,7 @@ def _eval(demo_run: Path, model: str) -> dict:
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_stage1_judge_learns_the_score_by_grpo(demo_run):
     """Acceptance: held-out SRCC rises from ~0 (format-only warm start, random answers) to >= 0.5 by GRPO."""
     res = _eval(demo_run, "stage1/model")
@@ -143,6 +150,7 @@ def test_stage1_judge_learns_the_score_by_grpo(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_stage2_trains_every_task_model_with_temporal_and_length_rewards(demo_run):
     import csv
 
@@ -161,6 +169,7 @@ def test_stage2_trains_every_task_model_with_temporal_and_length_rewards(demo_ru
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_ablations_are_config_variants_of_the_same_rule(demo_run):
     """no_temporal / no_length switch the reward off in the recipe; no_warmup starts stage 2 from the base model."""
     import csv
@@ -181,6 +190,7 @@ def test_ablations_are_config_variants_of_the_same_rule(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_demo_ends_in_tables_and_figures(demo_run):
     """Acceptance (issue 4): Tables 1-5 in md/tex/csv, figures as PNG+PDF, metrics for every system."""
     res = demo_run / "results/demo"
@@ -235,6 +245,7 @@ def _config_variant(demo_run: Path, name: str, patch) -> Path:
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_rerun_stage2_hyperparameter_reruns_stage2_and_downstream_only(demo_run):
     """(a) An edited stage-2 recipe reruns stage 2, its predictions, metrics and report; not stage 1 or data."""
     recipe = yaml.safe_load((ROOT / "config/recipes/demo_stage2.yaml").read_text())
@@ -251,6 +262,7 @@ def test_rerun_stage2_hyperparameter_reruns_stage2_and_downstream_only(demo_run)
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_rerun_report_option_reruns_only_report_rules(demo_run):
     """(b) A presentation option (figure resolution) reruns the figures and nothing else."""
     cfg = _config_variant(demo_run, "cfg_dpi", lambda c: c["report"].update(dpi=200))
@@ -258,12 +270,14 @@ def test_rerun_report_option_reruns_only_report_rules(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_rerun_nothing_changed_plans_nothing(demo_run):
     """(c) No change: nothing to do (also after the dry runs above)."""
     assert planned(demo_run, ROOT / "config" / "demo.yaml") == {}
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_rerun_metrics_code_edit_reruns_metrics_and_report_only(demo_run):
     """(d) Editing a metrics module reruns every metrics job and the report, never a GPU stage.
 
@@ -282,6 +296,7 @@ def test_rerun_metrics_code_edit_reruns_metrics_and_report_only(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_html_report_bundles_tables_figures_and_provenance(demo_run):
     """`snakemake --report` works on the finished demo and carries the figures, tables and provenance table."""
     html = demo_run / "report.html"
