@@ -53,6 +53,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    """The commit of the code that runs (``-dirty`` with uncommitted changes to tracked files), or None.
+
+    By default the repository holding this package's source, not the working directory: Snakemake may run in any
+    directory (``-d``), and the provenance is about the code.
+    """
+    if cwd is None:
+        cwd = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False)
         dirty = subprocess.run(
