@@ -30,6 +30,12 @@ include: "rules/eval.smk"
 include: "rules/report.smk"
 
 
+if "stage3" in config:
+
+    include: "rules/stage3.smk"
+
+
+
 rule all:
     default_target: True
     input:
@@ -37,3 +43,4 @@ rule all:
         rules.grpo.input,
         rules.eval.input,
         rules.report.input,
+        rules.stage3.input if "stage3" in config else [],

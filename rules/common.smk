@@ -239,13 +239,34 @@ JUDGE_SYSTEMS = [s for s, v in SYSTEMS.items() if v["type"] not in CLIP_TYPES]
 CLIP_SYSTEMS = [s for s, v in SYSTEMS.items() if v["type"] in CLIP_TYPES]
 
 
+def united_judge():
+    """(task model, path) of stage 3's final refined comparison judge, or None without stage 3. The paper's Table 1
+    headline numbers are after united finetuning (Table 5 (g) = Table 1), so "ours" uses it where it applies;
+    an ablation with `united: false` (Table 5 (f), w/o UF) uses the stage-2 model."""
+    s3 = config.get("stage3")
+    if not s3:
+        return None
+    return s3["judge"]["task_model"], f"{RESULTS}/stage3/judges/united_r{s3['rounds']}/model"
+
+
+def trained_ablations():
+    """Ablations that train their own stage-2 model (w/o UF reuses the full stage-2 model)."""
+    return {v: spec for v, spec in ABLATIONS.items() if spec.get("united", True)}
+
+
 def judge_model(wildcards):
     """The model that produces a system's predictions on a benchmark (path or hub id)."""
     sys_, bench = SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
     tm = bench["task_model"]
     kind = sys_["type"]
     if kind == "judge":
-        return f"{RESULTS}/grpo/stage2/{tm}/{sys_['variant'] or 'full'}/model"
+        variant = sys_["variant"]
+        united = united_judge()
+        if united and tm == united[0] and variant is None:
+            return united[1]
+        if variant and not ABLATIONS[variant].get("united", True):
+            return f"{RESULTS}/grpo/stage2/{tm}/full/model"
+        return f"{RESULTS}/grpo/stage2/{tm}/{variant or 'full'}/model"
     if kind == "zero_shot":
         return config["model"]["base"]
     if kind == "sft":
@@ -324,7 +345,7 @@ wildcard_constraints:
 def provenance_files(wildcards=None):
     """Results whose meta.json goes into the provenance table: manifests, models, predictions, metrics."""
     models = grpo_models() + [
-        f"{RESULTS}/grpo/stage2/{tm}/{v}/model" for v, spec in ABLATIONS.items() for tm in spec["task_models"]
+        f"{RESULTS}/grpo/stage2/{tm}/{v}/model" for v, spec in trained_ablations().items() for tm in spec["task_models"]
     ]
     if any(v["type"] == "sft" for v in BASELINES.values()):
         models += [f"{RESULTS}/baselines/sft/{tm}/model" for tm in TASK_MODELS]

@@ -1,6 +1,7 @@
 """Command line of the report: ``tables``, ``figures`` and ``index`` (alias ``manifest``) subcommands.
 
     python -m vqinsight.report tables  --metrics M.json ... [--reported config/reported.yaml] --out-dir DIR [--demo]
+    python -m vqinsight.report table6  --evals ours=results/demo/stage3/eval/united_r2.json ... --out-dir DIR
     python -m vqinsight.report figures [--metrics M.json ...] [--curves [LABEL=]curves.csv ...] --out-dir DIR
     python -m vqinsight.report index   --tables DIR --figures DIR --out index.md
 
@@ -60,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--reported", type=Path, default=None, help="paper numbers (config/reported.yaml); optional")
     t.add_argument("--out-dir", required=True, type=Path)
     t.add_argument("--demo", action="store_true", help="mark every measured row as a demo result")
+    t6 = sub.add_parser("table6", help="write table6 (the generator, stage 3) as .md, .tex and .csv")
+    t6.add_argument(
+        "--evals",
+        nargs="+",
+        required=True,
+        metavar="ROW=JSON",
+        help="row key (t2v_turbo, videodpo, ours_no_uf, ours) = generator evaluation JSON",
+    )
+    t6.add_argument("--reported", type=Path, default=None)
+    t6.add_argument("--out-dir", required=True, type=Path)
+    t6.add_argument("--demo", action="store_true")
     f = sub.add_parser("figures", help="write scatter, training-curve, tau-epsilon and swap-flip figures")
     f.add_argument("--metrics", nargs="*", type=Path, default=[], help="metrics JSON files (points files beside)")
     f.add_argument("--curves", nargs="*", default=[], metavar="[LABEL=]CSV", help="training curves.csv files")
@@ -120,6 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vqinsight.report.tables import write_tables
 
             written = write_tables(args.metrics, args.reported, args.out_dir, demo=args.demo)
+        elif args.command == "table6":
+            from vqinsight.report.tables import write_table6
+
+            pairs = []
+            for item in args.evals:
+                key, sep, path = item.partition("=")
+                if not sep or not key or not path:
+                    raise ValueError(f"--evals {item!r}: expected ROW=JSON")
+                pairs.append((key, path))
+            written = write_table6(pairs, args.reported, args.out_dir, demo=args.demo)
         elif args.command == "figures":
             from vqinsight.report.figures import write_figures
 

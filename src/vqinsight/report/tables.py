@@ -842,3 +842,104 @@ def write_tables(
         log.info("%s: %d measured row(s), %d reported row(s)", name, len(t.measured), len(t.reported))
     log.info("wrote %d table files to %s", len(written), out_dir)
     return written
+
+
+# ---------------------------------------------------------------- Table 6 (the generator, stage 3)
+
+# Generator evaluation files (rules/stage3.smk, `vqinsight.stage3.evaluate`): one JSON per generator with
+# {"generator", "vbench": {"dimensions": {dim: score}, "final": {total_score, quality_score, semantic_score},
+# "computed_by"}, "winrate": {"winrate", "ci95", "n", ...} | null, "n_videos"}.
+TABLE6_ROWS = {  # row key -> default label; the CLI passes key=path pairs in this order
+    "t2v_turbo": "T2V-Turbo (G0)",
+    "videodpo": "VideoDPO",
+    "ours_no_uf": "Ours w/o UF",
+    "ours": "Ours",
+}
+_T6_PAPER = (  # the paper's columns (config/reported.yaml table6), VBench scores in [0, 1]
+    ("overall_score", "VBench", "Overall", "Overall"),
+    ("dynamic_degree", "VBench", "D.D.", "D.D."),
+    ("scene", "VBench", "Scene", "Scene"),
+    ("spatial_relationship", "VBench", "S.R.", "S.R."),
+    ("multiple_objects", "VBench", "M.O.", "M.O."),
+)
+_T6_EXTRA = (
+    ("quality_score", "VBench", "Quality", "Quality"),
+    ("semantic_score", "VBench", "Semantic", "Semantic"),
+    ("temporal_flickering", "VBench", "temp. flicker", "temp. flicker"),
+    ("winrate_vs_g0", "judge", "win rate vs G0", r"win rate vs $G_0$"),
+)
+
+
+def _table6_values(obj: dict[str, Any]) -> dict[str, float | None]:
+    vb = obj.get("vbench") or {}
+    dims = vb.get("dimensions") or {}
+    final = vb.get("final") or {}
+    vals: dict[str, float | None] = {k: as_float(dims.get(k)) for k, *_ in _T6_PAPER + _T6_EXTRA}
+    vals["overall_score"] = as_float(final.get("total_score"))
+    vals["quality_score"] = as_float(final.get("quality_score"))
+    vals["semantic_score"] = as_float(final.get("semantic_score"))
+    wr = obj.get("winrate") or {}
+    vals["winrate_vs_g0"] = as_float(wr.get("winrate"))
+    return vals
+
+
+def build_table6(evals: Sequence[tuple[str, str | Path]], reported: dict[str, Any], demo: bool = False) -> Table:
+    """Table 6 from (row key, evaluation JSON) pairs; columns without any measured or reported value are dropped."""
+    rows, computed_by, n_lines = [], set(), []
+    for key, path in evals:
+        try:
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable generator evaluation ({e})") from e
+        label = TABLE6_ROWS.get(key, key) + (" (demo)" if demo else "")
+        vals = _table6_values(obj)
+        rows.append(Row(key, label, vals))
+        if (obj.get("vbench") or {}).get("computed_by"):
+            computed_by.add(obj["vbench"]["computed_by"])
+        wr = obj.get("winrate") or {}
+        ci = wr.get("ci95")
+        n_lines.append(
+            f"{label}: generator {obj.get('generator')}, {obj.get('n_videos', '?')} held-out videos"
+            + (f", win rate over {wr.get('n')} pairs (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+        )
+    columns = [Column(k, g, n, t, "dec3") for k, g, n, t in _T6_PAPER + _T6_EXTRA]
+    reported_rows = _reported_rows(reported, "table6", columns)
+    keep = [c for c in columns if any(r.values.get(c.key) is not None for r in rows + reported_rows)] or columns[:1]
+    notes = [
+        "VBench dimensions computed by " + "; ".join(sorted(computed_by)) + "." if computed_by else "",
+        "win rate vs G0 = the final refined judge's preference for this generator's video over G0's video of the "
+        "same held-out prompt and seed index, judged in both orders (0.5 = no preference; G0 itself has none).",
+    ]
+    if demo:
+        notes.append(
+            "Demo: tiny random generator and tiny judge on CPU; only the VBench dimensions that need no downloaded "
+            "weights are computed, so the paper's columns are blank in the measured block."
+        )
+    return Table(
+        "table6",
+        "Table 6: the generator before and after united finetuning (VBench)",
+        "VBench scores in [0, 1] (higher is better); D.D. = dynamic degree, S.R. = spatial relationship, "
+        "M.O. = multiple objects; win rate in [0, 1]",
+        keep,
+        rows,
+        reported_rows,
+        "; ".join(n_lines),
+        [n for n in notes if n],
+    )
+
+
+def write_table6(
+    evals: Sequence[tuple[str, str | Path]], reported_path: str | Path | None, out_dir: str | Path, demo: bool = False
+) -> list[Path]:
+    """Write ``table6.{md,tex,csv}``."""
+    t = build_table6(evals, load_reported(reported_path), demo=demo)
+    if not t.reported:
+        t.notes.append("No paper-reported numbers available for this table (see config/reported.yaml).")
+    out_dir = Path(out_dir)
+    written = []
+    for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
+        path = out_dir / f"table6.{ext}"
+        atomic_write_text(path, render(t))
+        written.append(path)
+    log.info("table6: %d measured row(s), %d reported row(s)", len(t.measured), len(t.reported))
+    return written

@@ -1,0 +1,473 @@
+# Stage 3, united finetuning (paper Fig. 2, Sec. "United Finetuning"): the judge improves the generator by
+# Diffusion-DPO on the pairs it picks, and the generator's new samples refine the judge.
+#
+# Round r (1..stage3.rounds), chain "united":
+#   samples   S_r   = G_{r-1} on the training prompts, N per prompt        samples/<gen>/train/shard<k>/
+#   judging         = J_{r-1} on all C(N,2) pairs, both orders              judged/<judge>/<gen>/train.jsonl
+#   pairs     C_r   = most/least preferred per prompt (Eq. 8)               pairs/<judge>/<gen>.jsonl
+#   DPO       G_r   = Diffusion-DPO(G_{r-1}, C_r) (Eq. 9)                    generators/united_r<r>/
+#   refine    Ĉ_r   = best of G_r's samples (judged by J_{r-1}) vs C_r's losers
+#             J_r   = J_{r-1} trained on Ĉ_r ∪ the comparison data (GRPO)   judges/united_r<r>/model
+# J_0 is the stage-2 comparison model, G_0 the base generator (T2V-Turbo, or the demo's tiny one). Chain "no_uf"
+# (Table 6's "Ours w/o UF") keeps judging with J_0; its round 1 is the united chain's (identical inputs), so the
+# ids below map it there and Snakemake runs it once. Generators are evaluated on held-out prompts: VBench (the
+# package on the paper config; the weight-free dimensions on the demo) and the final judge's win rate over G_0.
+
+S3 = config["stage3"]
+S3DIR = f"{RESULTS}/stage3"
+ROUNDS = int(S3["rounds"])
+S3_GPUS = int(S3.get("gpus", 0))
+S3_JUDGE_TM = S3["judge"]["task_model"]
+S3_FINAL_JUDGE = f"united_r{ROUNDS}"
+S3_TINY = "tiny" in S3["generator"]
+DPO_RECIPE = repo_file(S3["dpo"]["recipe"])
+S3_CODE = [str(SRC / "stage3" / f) for f in ("pairs.py", "vbench.py", "evaluate.py")]
+
+
+def gen_id(chain, r):
+    """Generator after round r of a chain; round 1 is shared by both chains."""
+    return "g0" if r == 0 else ("united_r1" if r == 1 else f"{chain}_r{r}")
+
+
+def judge_id(chain, r):
+    """The judge that builds round r's preference set: J_0 in round 1 and in the no_uf chain, else J_{r-1}."""
+    return "j0" if (r == 1 or chain == "no_uf") else f"united_r{r - 1}"
+
+
+def parse_gen(gen):
+    chain, r = gen.rsplit("_r", 1)
+    return chain, int(r)
+
+
+def gen_round(gen):
+    return 0 if gen in ("g0", "videodpo") else parse_gen(gen)[1]
+
+
+def judge_path(jid):
+    if jid == "j0":
+        return f"{RESULTS}/grpo/stage2/{S3_JUDGE_TM}/full/model"
+    return f"{S3DIR}/judges/{jid}/model"
+
+
+def generator_path(gid):
+    return f"{S3DIR}/generators/{gid}"
+
+
+S3_SHARDS = {"train": int(S3.get("shards", 1)), "heldout": int(S3.get("heldout_shards", S3.get("shards", 1)))}
+S3_N = {"train": int(S3["samples_per_prompt"]), "heldout": int(S3["heldout_samples"])}
+
+
+def sample_indexes(gen, split):
+    return [f"{S3DIR}/samples/{gen}/{split}/shard{k}/index.jsonl" for k in range(S3_SHARDS[split])]
+
+
+TABLE6_GENS = {"t2v_turbo": "g0", "ours_no_uf": gen_id("no_uf", ROUNDS), "ours": gen_id("united", ROUNDS)}
+if S3.get("videodpo"):
+    TABLE6_GENS = {"t2v_turbo": "g0", "videodpo": "videodpo"} | {
+        k: v for k, v in TABLE6_GENS.items() if k != "t2v_turbo"
+    }
+
+
+def stage3_eval_files(wildcards=None):
+    return [f"{S3DIR}/eval/{g}.json" for g in dict.fromkeys(TABLE6_GENS.values())]
+
+
+wildcard_constraints:
+    gen="g0|videodpo|(united|no_uf)_r[0-9]+",
+    dpo_gen="videodpo|(united|no_uf)_r[0-9]+",
+    judge="j0|united_r[0-9]+",
+    split="train|heldout",
+    shard="[0-9]+",
+    r="[0-9]+",
+
+
+if S3_TINY:
+
+    rule t2v_base:
+        output:
+            model=directory(generator_path("g0")),
+        log:
+            f"{LOGS}/stage3/t2v_base.log",
+        conda:
+            "../environment.yml"
+        params:
+            seed=S3["generator"]["tiny"].get("seed", 0),
+            frames=S3["generator"]["tiny"].get("frames", 8),
+            size=" ".join(map(str, S3["generator"]["tiny"].get("size", [64, 64]))),
+            steps=S3["generator"]["tiny"].get("steps", 4),
+        shell:
+            "python -m vqinsight.t2v.tiny --out {output.model:q} --seed {params.seed} --frames {params.frames} "
+            "--size {params.size} --steps {params.steps} > {log:q} 2>&1"
+
+else:
+
+    # T2V-Turbo (MS): the released LoRA merged into the ModelScope T2V base once (keys and shapes checked).
+    rule t2v_base:
+        input:
+            base=S3["generator"]["base"],
+            lora=S3["generator"]["lora"],
+        output:
+            model=directory(generator_path("g0")),
+        log:
+            f"{LOGS}/stage3/t2v_base.log",
+        conda:
+            "../environment.yml"
+        params:
+            rank=S3["generator"].get("rank", 32),
+        shell:
+            "python -m vqinsight.t2v.convert --base {input.base:q} --lora {input.lora:q} --out {output.model:q} "
+            "--rank {params.rank} > {log:q} 2>&1"
+
+
+rule stage3_prompts:
+    input:
+        manifest=f"{RESULTS}/manifests/{S3['prompts']['dataset']}.parquet",
+    output:
+        train=f"{S3DIR}/prompts/train.jsonl",
+        heldout=f"{S3DIR}/prompts/heldout.jsonl",
+    log:
+        f"{LOGS}/stage3/prompts.log",
+    conda:
+        "../environment.yml"
+    params:
+        n_train=S3["prompts"]["train"],
+        n_heldout=S3["prompts"]["heldout"],
+        seed=config["seed"],
+    shell:
+        "python -m vqinsight.stage3.prompts --manifest {input.manifest:q} --train {output.train:q} "
+        "--heldout {output.heldout:q} --n-train {params.n_train} --n-heldout {params.n_heldout} "
+        "--seed {params.seed} > {log:q} 2>&1"
+
+
+# Videos are written next to the index (not declared), so a failed or preempted job keeps the finished ones and
+# its retry samples only the rest; the sampler discards them if the generator or the settings changed.
+rule t2v_sample:
+    input:
+        model=lambda wc: generator_path(wc.gen),
+        prompts=f"{S3DIR}/prompts/{{split}}.jsonl",
+    output:
+        index=f"{S3DIR}/samples/{{gen}}/{{split}}/shard{{shard}}/index.jsonl",
+    log:
+        f"{LOGS}/stage3/sample_{{gen}}_{{split}}_{{shard}}.log",
+    benchmark:
+        f"{LOGS}/stage3/sample_{{gen}}_{{split}}_{{shard}}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=min(1, S3_GPUS),
+        mem_mb=32000 if S3_GPUS else 4000,
+        runtime=lambda wildcards, attempt: 8 * 60 * attempt,
+    params:
+        n=lambda wc: S3_N[wc.split],
+        round=lambda wc: gen_round(wc.gen),
+        shards=lambda wc: S3_SHARDS[wc.split],
+        batch=S3.get("sample_batch_size", 4),
+        seed=config["seed"],
+        out=lambda wc, output: str(Path(output.index).parent),
+    shell:
+        "python -m vqinsight.t2v.sample --model {input.model:q} --prompts {input.prompts:q} --n {params.n} "
+        "--round {params.round} --seed {params.seed} --out {params.out:q} --shard {wildcards.shard} "
+        "--num-shards {params.shards} --batch-size {params.batch} --threads {threads} > {log:q} 2>&1"
+
+
+rule stage3_pair_manifest:
+    input:
+        index=lambda wc: sample_indexes(wc.gen, wc.split),
+        code=S3_CODE,
+    output:
+        f"{S3DIR}/samples/{{gen}}/{{split}}/pairs.parquet",
+    log:
+        f"{LOGS}/stage3/pair_manifest_{{gen}}_{{split}}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m vqinsight.stage3.pairs manifest --index {input.index:q} --out {output:q} > {log:q} 2>&1"
+
+
+def s3_judge_args(wildcards=None):
+    j = EVAL["judge"] | S3["judge"]
+    return (
+        f"--task comparison --split all --format vqinsight --style {j.get('style', 'full')} "
+        f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
+        f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
+        f"--seed {config['seed']}"
+    )
+
+
+rule stage3_judge:
+    input:
+        model=lambda wc: judge_path(wc.judge),
+        manifest=f"{S3DIR}/samples/{{gen}}/{{split}}/pairs.parquet",
+    output:
+        f"{S3DIR}/judged/{{judge}}/{{gen}}/{{split}}.jsonl",
+    log:
+        f"{LOGS}/stage3/judge_{{judge}}_{{gen}}_{{split}}.log",
+    benchmark:
+        f"{LOGS}/stage3/judge_{{judge}}_{{gen}}_{{split}}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=min(1, S3_GPUS),
+        mem_mb=64000 if S3_GPUS else 8000,
+        runtime=lambda wildcards, attempt: 12 * 60 * attempt,  # resumable; attempt n gets n times the time
+    params:
+        judge=s3_judge_args,
+        media=media_args,
+        trust=trust_flag,
+    shell:
+        "python -m vqinsight.judge --model {input.model:q} --manifest {input.manifest:q} --out {output:q} "
+        "{params.judge} --threads {threads} {params.trust} {params.media} > {log:q} 2>&1"
+
+
+rule stage3_select:
+    input:
+        index=lambda wc: sample_indexes(wc.gen, "train"),
+        predictions=f"{S3DIR}/judged/{{judge}}/{{gen}}/train.jsonl",
+        code=S3_CODE,
+    output:
+        pairs=f"{S3DIR}/pairs/{{judge}}/{{gen}}.jsonl",
+        summary=f"{S3DIR}/pairs/{{judge}}/{{gen}}.summary.json",
+    log:
+        f"{LOGS}/stage3/select_{{judge}}_{{gen}}.log",
+    conda:
+        "../environment.yml"
+    params:
+        mode=S3.get("pairing", "round_robin"),
+    shell:
+        "python -m vqinsight.stage3.pairs select --index {input.index:q} --predictions {input.predictions:q} "
+        "--out {output.pairs:q} --summary {output.summary:q} --mode {params.mode} > {log:q} 2>&1"
+
+
+def dpo_inputs(wildcards):
+    """G_{r-1} and the preference set C_r of this chain's round r (or VideoDPO's released pairs)."""
+    if wildcards.dpo_gen == "videodpo":
+        return {"model": generator_path("g0"), "pairs": []}
+    chain, r = parse_gen(wildcards.dpo_gen)
+    prev = gen_id(chain, r - 1)
+    return {"model": generator_path(prev), "pairs": f"{S3DIR}/pairs/{judge_id(chain, r)}/{prev}.jsonl"}
+
+
+def dpo_launcher(wildcards, resources):
+    if resources.gpu == 0:
+        return "python -m vqinsight.dpo.train"
+    return f"accelerate launch --config_file {S3['dpo'].get('accelerate', GRPO['accelerate'])} --num_processes {resources.gpu} -m vqinsight.dpo.train"
+
+
+rule dpo_train:
+    input:
+        unpack(dpo_inputs),
+        recipe=DPO_RECIPE,
+    output:
+        model=directory(f"{S3DIR}/generators/{{dpo_gen}}"),
+    log:
+        f"{LOGS}/stage3/dpo_{{dpo_gen}}.log",
+    benchmark:
+        f"{LOGS}/stage3/dpo_{{dpo_gen}}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=S3_GPUS,
+        mem_mb=max(8000, 64000 * S3_GPUS),
+        runtime=24 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
+    params:
+        launch=dpo_launcher,
+        videodpo=lambda wc: f"--videodpo {shlex.quote(S3['videodpo']['meta'])}" if wc.dpo_gen == "videodpo" else "",
+        pairs=lambda wc, input: f"--pairs {shlex.quote(str(input.pairs))}" if input.pairs else "",
+        checkpoints=f"{S3DIR}/checkpoints/{{dpo_gen}}",
+        curves=f"{S3DIR}/curves/{{dpo_gen}}",
+        seed=config["seed"],
+    shell:
+        "{params.launch} --recipe {input.recipe:q} --model {input.model:q} {params.pairs} {params.videodpo} "
+        "--out {output.model:q} --checkpoint-dir {params.checkpoints:q} --log-dir {params.curves:q} "
+        "--seed {params.seed} --threads {threads} > {log:q} 2>&1"
+
+
+def refine_inputs(wildcards):
+    r = int(wildcards.r)
+    prev_gen, new_gen, jid = gen_id("united", r - 1), gen_id("united", r), judge_id("united", r)
+    return {
+        "pairs": f"{S3DIR}/pairs/{jid}/{prev_gen}.jsonl",
+        "index": sample_indexes(new_gen, "train"),
+        "predictions": f"{S3DIR}/judged/{jid}/{new_gen}/train.jsonl",
+    }
+
+
+rule stage3_refine_data:
+    input:
+        unpack(refine_inputs),
+        code=S3_CODE,
+    output:
+        f"{S3DIR}/refine/united_r{{r}}.parquet",
+    log:
+        f"{LOGS}/stage3/refine_data_{{r}}.log",
+    conda:
+        "../environment.yml"
+    params:
+        seed=config["seed"],
+    shell:
+        "python -m vqinsight.stage3.pairs refine --pairs {input.pairs:q} --index {input.index:q} "
+        "--predictions {input.predictions:q} --out {output:q} --dataset united_r{wildcards.r} "
+        "--seed {params.seed} > {log:q} 2>&1"
+
+
+S3_REFINE_DATASETS = S3["refine"].get("datasets", GRPO["stage2"]["task_models"][S3_JUDGE_TM]["datasets"])
+
+
+def refine_override(wildcards):
+    spec = GRPO["stage2"]["task_models"][S3_JUDGE_TM]
+    over = _merged(spec.get("recipe", {}), S3["refine"].get("recipe", {}))
+    return f"--recipe-override {shlex.quote(json.dumps(over, sort_keys=True))}" if over else ""
+
+
+rule stage3_refine_judge:
+    input:
+        recipe=STAGE2_RECIPE,
+        init=lambda wc: judge_path(judge_id("united", int(wc.r))),
+        refine=f"{S3DIR}/refine/united_r{{r}}.parquet",
+        manifests=manifest_files(S3_REFINE_DATASETS),
+        eval=manifest_files(GRPO["stage2"]["task_models"][S3_JUDGE_TM].get("eval_datasets", [])),
+        caches=cache_files(S3_REFINE_DATASETS),
+    output:
+        model=directory(f"{S3DIR}/judges/united_r{{r}}/model"),
+    log:
+        f"{LOGS}/stage3/refine_judge_{{r}}.log",
+    benchmark:
+        f"{LOGS}/stage3/refine_judge_{{r}}.benchmark.tsv"
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=GRPO["gpus"],
+        mem_mb=max(16000, 64000 * GRPO["gpus"]),
+        runtime=72 * 60,
+    params:
+        launch=launcher,
+        override=refine_override,
+        tasks=" ".join(t for t in GRPO["stage2"]["task_models"][S3_JUDGE_TM]["tasks"]),
+        checkpoints=f"{S3DIR}/judges/united_r{{r}}/checkpoints",
+        seed=config["seed"],
+        media=media_args,
+        trust=trust_flag,
+    shell:
+        "{params.launch} --recipe {input.recipe:q} {params.override} --model {input.init:q} "
+        "--manifests {input.refine:q} {input.manifests:q} --tasks {params.tasks} --eval-manifests {input.eval:q} "
+        "--output-dir {output.model:q} --checkpoint-dir {params.checkpoints:q} --seed {params.seed} "
+        "--threads {threads} {params.trust} {params.media} > {log:q} 2>&1"
+
+
+# ----------------------------------------------------------------------------- generator evaluation (Table 6)
+
+
+rule stage3_vbench:
+    input:
+        index=lambda wc: sample_indexes(wc.gen, "heldout"),
+        code=S3_CODE,
+    output:
+        f"{S3DIR}/eval/vbench/{{gen}}.json",
+    log:
+        f"{LOGS}/stage3/vbench_{{gen}}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m vqinsight.stage3.vbench demo --index {input.index:q} --out {output:q} "
+        "--generator {wildcards.gen} > {log:q} 2>&1"
+
+
+rule stage3_winrate_manifest:
+    input:
+        a=lambda wc: sample_indexes(wc.gen, "heldout"),
+        b=sample_indexes("g0", "heldout"),
+        code=S3_CODE,
+    output:
+        f"{S3DIR}/eval/winrate/{{gen}}.parquet",
+    log:
+        f"{LOGS}/stage3/winrate_manifest_{{gen}}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m vqinsight.stage3.pairs winrate-manifest --a {input.a:q} --b {input.b:q} --out {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule stage3_winrate_judge:
+    input:
+        model=judge_path(S3_FINAL_JUDGE),
+        manifest=f"{S3DIR}/eval/winrate/{{gen}}.parquet",
+    output:
+        f"{S3DIR}/eval/winrate/{{gen}}.jsonl",
+    log:
+        f"{LOGS}/stage3/winrate_judge_{{gen}}.log",
+    conda:
+        "../environment.yml"
+    threads: GRPO["threads"]
+    resources:
+        gpu=min(1, S3_GPUS),
+        mem_mb=64000 if S3_GPUS else 8000,
+        runtime=lambda wildcards, attempt: 12 * 60 * attempt,
+    params:
+        judge=s3_judge_args,
+        media=media_args,
+        trust=trust_flag,
+    shell:
+        "python -m vqinsight.judge --model {input.model:q} --manifest {input.manifest:q} --out {output:q} "
+        "{params.judge} --threads {threads} {params.trust} {params.media} > {log:q} 2>&1"
+
+
+def winrate_input(wildcards):
+    """The final judge's verdicts of G vs G_0 on held-out prompts (none for G_0 itself)."""
+    return [] if wildcards.gen == "g0" else [f"{S3DIR}/eval/winrate/{wildcards.gen}.jsonl"]
+
+
+rule stage3_eval:
+    input:
+        vbench=f"{S3DIR}/eval/vbench/{{gen}}.json",
+        winrate=winrate_input,
+        code=S3_CODE,
+    output:
+        f"{S3DIR}/eval/{{gen}}.json",
+    log:
+        f"{LOGS}/stage3/eval_{{gen}}.log",
+    conda:
+        "../environment.yml"
+    params:
+        seed=config["seed"],
+        predictions=lambda wc, input: f"--predictions {shlex.quote(str(input.winrate))}" if input.winrate else "",
+    shell:
+        "python -m vqinsight.stage3.evaluate {params.predictions} --vbench {input.vbench:q} "
+        "--generator {wildcards.gen} --out {output:q} --seed {params.seed} > {log:q} 2>&1"
+
+
+localrules:
+    table6,
+
+
+rule table6:
+    input:
+        evals=stage3_eval_files,
+        reported=repo_file("config/reported.yaml"),
+        code=REPORT_CODE,
+    output:
+        md=f"{RESULTS}/tables/table6.md",
+        tex=f"{RESULTS}/tables/table6.tex",
+        csv=report(f"{RESULTS}/tables/table6.csv", category="Tables", caption=repo_file("docs/report/tables.rst")),
+    log:
+        f"{LOGS}/report/table6.log",
+    conda:
+        "../environment.yml"
+    params:
+        evals=" ".join(shlex.quote(f"{k}={S3DIR}/eval/{g}.json") for k, g in TABLE6_GENS.items()),
+        out=lambda wildcards, output: str(Path(output.md).parent),
+        demo="--demo" if S3_TINY else "",
+    shell:
+        "python -m vqinsight.report table6 --evals {params.evals} --reported {input.reported:q} "
+        "--out-dir {params.out:q} {params.demo} > {log:q} 2>&1"
+
+
+rule stage3:
+    input:
+        stage3_eval_files,
+        [f"{S3DIR}/judges/{S3_FINAL_JUDGE}/model"],
+        rules.table6.output,
