@@ -12,6 +12,7 @@ log = logging.getLogger("vqinsight.bench")
 BENCHES: dict[str, str] = {
     "frames": "vqinsight.bench.frames",
     "grpo_step": "vqinsight.bench.grpo_step",
+    "t2v": "vqinsight.bench.t2v",
 }
 
 
