@@ -191,9 +191,9 @@ def test_ablations_are_config_variants_of_the_same_rule(demo_run):
 @pytest.mark.slow
 @DEMO_TIMEOUT
 def test_demo_ends_in_tables_and_figures(demo_run):
-    """Acceptance (issue 4): Tables 1-5 in md/tex/csv, figures as PNG+PDF, metrics for every system."""
+    """Acceptance (issue 4): Tables 1-6 in md/tex/csv, figures as PNG+PDF, metrics for every system."""
     res = demo_run / "results/demo"
-    for k in range(1, 6):
+    for k in range(1, 7):
         for ext in ("md", "tex", "csv"):
             assert (res / "tables" / f"table{k}.{ext}").stat().st_size > 0
     md = (res / "tables/table1.md").read_text()
@@ -201,13 +201,66 @@ def test_demo_ends_in_tables_and_figures(demo_run):
     figs = {p.name for p in (res / "figures").iterdir()}
     for name in ("tau_epsilon", "swap_flip", "scatter_lsvq_test", "scatter_lgvq", "curves_stage1"):
         assert {f"{name}.png", f"{name}.pdf"} <= figs, name
-    for system in ("vqinsight", "base", "sft", "clipscore", "clip_iqa", "no_warmup", "no_temporal", "no_length"):
+    for system in (
+        "vqinsight",
+        "base",
+        "sft",
+        "clipscore",
+        "clip_iqa",
+        "no_warmup",
+        "no_temporal",
+        "no_length",
+        "no_united",
+    ):
         assert any((res / "eval/metrics" / system).glob("*.json")), system
     m = json.loads((res / "eval/metrics/vqinsight/monetbench.json").read_text())
     assert m["metrics"]["n_pairs"] == 160 and m["metrics"]["swap_flip_rate"] is not None
     assert 0.0 <= m["metrics"]["tau"] <= 1.0 and 0.0 <= m["metrics"]["diff"] <= 1.0
     preds = (res / "eval/predictions/vqinsight/monetbench.jsonl").read_text().splitlines()
     assert len(preds) == 2 * 160, "every pair is judged in both orders"
+
+
+@pytest.mark.slow
+@DEMO_TIMEOUT
+def test_stage3_runs_two_rounds_of_united_finetuning_and_renders_table6(demo_run):
+    """Acceptance (issue 5): sample, judge all C(N,2) pairs, win/lose, DPO, refine the judge; twice; Table 6."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["stage3"]
+    s3 = demo_run / "results/demo/stage3"
+    n_train, n = cfg["prompts"]["train"], cfg["samples_per_prompt"]
+    # round 1 is shared by both chains: no separate no_uf_r1 generator
+    assert sorted(p.name for p in (s3 / "generators").iterdir()) == ["g0", "no_uf_r2", "united_r1", "united_r2"]
+    for judge, gen in (("j0", "g0"), ("united_r1", "united_r1"), ("j0", "united_r1")):
+        summary = json.loads((s3 / f"pairs/{judge}/{gen}.summary.json").read_text())
+        assert summary["n_prompts"] == n_train and summary["n_pairs"] == n_train * n * (n - 1) // 2, summary
+        assert summary["n_judgments"] == 2 * summary["n_pairs"], "both orders"
+        pairs = [json.loads(x) for x in (s3 / f"pairs/{judge}/{gen}.jsonl").read_text().splitlines()]
+        assert len(pairs) == n_train and all(p["win"] != p["lose"] for p in pairs)
+        assert all(p["wins"][p["indices"].index(p["win_index"])] == max(p["wins"]) for p in pairs), "Eq. 8: most wins"
+    recipe = yaml.safe_load((ROOT / cfg["dpo"]["recipe"]).read_text())
+    for gen in ("united_r1", "united_r2", "no_uf_r2"):
+        summary = json.loads((s3 / f"generators/{gen}/dpo_summary.json").read_text())
+        assert summary["steps"] == recipe["max_steps"] and summary["pairs"] == n_train, summary
+        rows = (s3 / f"curves/{gen}/train_log.csv").read_text().splitlines()
+        assert len(rows) == 1 + recipe["max_steps"], "one logged row per DPO step"
+    # united finetuning: the refined judge of round r trained on its refine set plus the original comparison data
+    for r in (1, 2):
+        refine = pl.read_parquet(s3 / f"refine/united_r{r}.parquet")
+        assert refine.height == n_train and set(refine["gt_choice"]) <= {"A", "B"}
+        meta = json.loads((s3 / f"judges/united_r{r}/model/meta.json").read_text())
+        assert f"refine/united_r{r}.parquet" in json.dumps(meta) and "visionreward.parquet" in json.dumps(meta)
+    # Table 1's headline comparison rows are after united finetuning; the w/o UF ablation uses the stage-2 model
+    ours = json.loads((demo_run / "results/demo/eval/predictions/vqinsight/monetbench.jsonl.meta.json").read_text())
+    no_uf = json.loads((demo_run / "results/demo/eval/predictions/no_united/monetbench.jsonl.meta.json").read_text())
+    assert "stage3/judges/united_r2/model" in ours["config"]["model"]
+    assert ours["config"]["model"] != no_uf["config"]["model"] and "grpo/stage2/comp/full" in no_uf["config"]["model"]
+    md = (demo_run / "results/demo/tables/table6.md").read_text()
+    for label in ("T2V-Turbo (G0) (demo)", "Ours w/o UF (demo)", "Ours (demo)", "VideoDPO"):
+        assert label in md, label
+    csv_rows = pl.read_csv(demo_run / "results/demo/tables/table6.csv")
+    measured = csv_rows.filter(pl.col("block") == "measured")
+    assert set(measured["system"]) == {"t2v_turbo", "ours_no_uf", "ours"}
+    wr = measured.filter(pl.col("column") == "winrate_vs_g0")["value"].drop_nulls().to_list()
+    assert len(wr) == 2 and all(0.0 <= v <= 1.0 for v in wr)
 
 
 def test_ruff_is_clean():
@@ -258,6 +311,24 @@ def test_rerun_stage2_hyperparameter_reruns_stage2_and_downstream_only(demo_run)
     assert jobs.get("grpo_stage2") == n_models, jobs
     assert {"judge_predict", "eval_metrics", "tables", "figures", "provenance"} <= set(jobs), jobs
     assert not (set(jobs) & (DATA_RULES | {"grpo_stage1", "sft_baseline", "clip_predict", "tiny_clip"})), jobs
+
+
+@pytest.mark.slow
+@DEMO_TIMEOUT
+def test_rerun_dpo_recipe_reruns_stage3_generators_only(demo_run):
+    """(e) An edited DPO recipe reruns the DPO jobs and what depends on the new generators; no judge training of
+    stages 1-2, no data rule, no Table 1-5 metric."""
+    recipe = yaml.safe_load((ROOT / "config/recipes/demo_dpo.yaml").read_text())
+    recipe["learning_rate"] = 1e-4
+    (demo_run / "dpo_lr.yaml").write_text(yaml.safe_dump(recipe))
+    cfg = _config_variant(
+        demo_run, "cfg_dpo", lambda c: c["stage3"]["dpo"].update(recipe=str(demo_run / "dpo_lr.yaml"))
+    )
+    jobs = planned(demo_run, cfg)
+    assert jobs.get("dpo_train") == 3, jobs
+    assert {"t2v_sample", "stage3_judge", "table6"} <= set(jobs), jobs
+    assert "t2v_base" not in jobs and "stage3_prompts" not in jobs, jobs
+    assert not (set(jobs) & (DATA_RULES | {"grpo_stage1", "grpo_stage2", "sft_baseline", "clip_predict"})), jobs
 
 
 @pytest.mark.slow
