@@ -35,7 +35,6 @@ if "stage3" in config:
     include: "rules/stage3.smk"
 
 
-
 rule all:
     default_target: True
     input:

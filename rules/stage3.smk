@@ -53,8 +53,14 @@ def generator_path(gid):
     return f"{S3DIR}/generators/{gid}"
 
 
-S3_SHARDS = {"train": int(S3.get("shards", 1)), "heldout": int(S3.get("heldout_shards", S3.get("shards", 1)))}
-S3_N = {"train": int(S3["samples_per_prompt"]), "heldout": int(S3["heldout_samples"])}
+VBENCH = S3.get("vbench", {"mode": "demo"})
+S3_SHARDS = {
+    "train": int(S3.get("shards", 1)),
+    "heldout": int(S3.get("heldout_shards", S3.get("shards", 1))),
+    "vbench": int(VBENCH.get("shards", 1)),
+}
+# VBench's standard suite is read with 5 videos per prompt (indices 0..4)
+S3_N = {"train": int(S3["samples_per_prompt"]), "heldout": int(S3["heldout_samples"]), "vbench": 5}
 
 
 def sample_indexes(gen, split):
@@ -76,7 +82,7 @@ wildcard_constraints:
     gen="g0|videodpo|(united|no_uf)_r[0-9]+",
     dpo_gen="videodpo|(united|no_uf)_r[0-9]+",
     judge="j0|united_r[0-9]+",
-    split="train|heldout",
+    split="train|heldout|vbench",
     shard="[0-9]+",
     r="[0-9]+",
 
@@ -361,19 +367,59 @@ rule stage3_refine_judge:
 # ----------------------------------------------------------------------------- generator evaluation (Table 6)
 
 
-rule stage3_vbench:
-    input:
-        index=lambda wc: sample_indexes(wc.gen, "heldout"),
-        code=S3_CODE,
-    output:
-        f"{S3DIR}/eval/vbench/{{gen}}.json",
-    log:
-        f"{LOGS}/stage3/vbench_{{gen}}.log",
-    conda:
-        "../environment.yml"
-    shell:
-        "python -m vqinsight.stage3.vbench demo --index {input.index:q} --out {output:q} "
-        "--generator {wildcards.gen} > {log:q} 2>&1"
+if VBENCH["mode"] == "demo":
+
+    # The VBench dimensions that need no downloaded weights, computed by our code on the held-out samples.
+    rule stage3_vbench:
+        input:
+            index=lambda wc: sample_indexes(wc.gen, "heldout"),
+            code=S3_CODE,
+        output:
+            f"{S3DIR}/eval/vbench/{{gen}}.json",
+        log:
+            f"{LOGS}/stage3/vbench_{{gen}}.log",
+        conda:
+            "../environment.yml"
+        shell:
+            "python -m vqinsight.stage3.vbench demo --index {input.index:q} --out {output:q} "
+            "--generator {wildcards.gen} > {log:q} 2>&1"
+
+else:
+
+    # The vbench package on VBench's standard prompt suite (5 videos per prompt); it downloads its own weights.
+    rule vbench_prompts:
+        output:
+            f"{S3DIR}/prompts/vbench.jsonl",
+        log:
+            f"{LOGS}/stage3/vbench_prompts.log",
+        conda:
+            "../environment.yml"
+        params:
+            full_info=f"--full-info {shlex.quote(VBENCH['full_info'])}" if VBENCH.get("full_info") else "",
+        shell:
+            "python -m vqinsight.stage3.vbench prompts --out {output:q} {params.full_info} > {log:q} 2>&1"
+
+    rule stage3_vbench:
+        input:
+            index=lambda wc: sample_indexes(wc.gen, "vbench"),
+            code=S3_CODE,
+        output:
+            f"{S3DIR}/eval/vbench/{{gen}}.json",
+        log:
+            f"{LOGS}/stage3/vbench_{{gen}}.log",
+        conda:
+            "../environment.yml"
+        threads: 8
+        resources:
+            gpu=1,
+            mem_mb=64000,
+            runtime=lambda wildcards, attempt: 24 * 60 * attempt,
+        params:
+            dims=" ".join(VBENCH.get("dimensions", [])),
+            full_info=f"--full-info {shlex.quote(VBENCH['full_info'])}" if VBENCH.get("full_info") else "",
+        shell:
+            "python -m vqinsight.stage3.vbench full --index {input.index:q} --name {wildcards.gen} --out {output:q} "
+            "--dimensions {params.dims} {params.full_info} > {log:q} 2>&1"
 
 
 rule stage3_winrate_manifest:

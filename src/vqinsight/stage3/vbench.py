@@ -6,6 +6,7 @@
         --out results/full/stage3/vbench/dpo.json [--dimensions dynamic_degree scene ...] [--mode vbench_standard]
     python -m vqinsight.stage3.vbench full --index results/full/stage3/vbench_samples/dpo/*.jsonl --name dpo \\
         --out results/full/stage3/vbench/dpo.json
+    python -m vqinsight.stage3.vbench prompts --out results/full/stage3/prompts/vbench.jsonl [--full-info F]
 
 **Paper configuration (``full``).** Table 6 reports VBench's total score and four dimensions (dynamic degree,
 scene, spatial relationship, multiple objects); the latter three need VBench's standard prompt suite, so the
@@ -397,6 +398,43 @@ def cmd_full(a: argparse.Namespace) -> int:
     return 0
 
 
+def standard_prompts(full_info: str | os.PathLike) -> list[dict[str, str]]:
+    """VBench's standard prompt suite from VBench_full_info.json as sampling prompts ({prompt_id, prompt}).
+
+    The file is a list of {"prompt_en": str, "dimension": [...], ...}; a prompt listed for several dimensions is
+    sampled once (VBench looks the videos up by prompt text). Ids are ordinal (vbench_0000, ...) in file order.
+    """
+    path = Path(full_info)
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read VBench_full_info.json ({e})") from e
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a list of prompt entries")
+    seen, out = set(), []
+    for i, it in enumerate(items):
+        text = it.get("prompt_en") if isinstance(it, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: entry {i} has no prompt_en")
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append({"prompt_id": f"vbench_{len(out):04d}", "prompt": text})
+    return out
+
+
+def cmd_prompts(a: argparse.Namespace) -> int:
+    full_info = a.full_info
+    if full_info is None:
+        full_info = Path(_import_vbench().__file__).resolve().parent / "VBench_full_info.json"
+    rows = standard_prompts(full_info)
+    from ..provenance import atomic_write_text
+
+    atomic_write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    log.info("wrote %d VBench standard prompts from %s to %s", len(rows), full_info, a.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -419,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--work-dir", type=Path, default=None, help="VBench's output folder (default: beside --out)")
     p.set_defaults(func=cmd_full)
+
+    p = sub.add_parser("prompts", help="VBench's standard prompt suite as a sampling prompt file (JSONL)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--full-info", type=Path, default=None, help="VBench_full_info.json (default: vbench's own)")
+    p.set_defaults(func=cmd_prompts)
 
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
