@@ -102,3 +102,25 @@ def test_table6_puts_measured_and_paper_rows_apart(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json"):
         build_table6([("ours", tmp_path / "broken.json")], {}, demo=True)
+
+
+def test_vbench_standard_prompts_are_deduplicated_in_file_order(tmp_path):
+    from vqinsight.stage3.vbench import standard_prompts
+
+    f = tmp_path / "VBench_full_info.json"
+    f.write_text(
+        json.dumps(
+            [
+                {"prompt_en": "a dog", "dimension": ["subject_consistency"]},
+                {"prompt_en": "a cat", "dimension": ["scene"]},
+                {"prompt_en": "a dog", "dimension": ["dynamic_degree"]},
+            ]
+        )
+    )
+    assert standard_prompts(f) == [
+        {"prompt_id": "vbench_0000", "prompt": "a dog"},
+        {"prompt_id": "vbench_0001", "prompt": "a cat"},
+    ]
+    f.write_text(json.dumps([{"dimension": []}]))
+    with pytest.raises(ValueError, match="entry 0 has no prompt_en"):
+        standard_prompts(f)
