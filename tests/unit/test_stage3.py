@@ -90,7 +90,7 @@ def test_read_index_duplicate_names_both_files(tmp_path: Path) -> None:
     rows = _index_rows({"p0": 2})
     a = _write_index(tmp_path / "a.jsonl", rows)
     b = _write_index(tmp_path / "b.jsonl", rows[1:])
-    with pytest.raises(ValueError, match=r"a\.jsonl: line 2 and .*b\.jsonl: line 1"):
+    with pytest.raises(ValueError, match=r"a\.jsonl:2 and .*b\.jsonl:1"):
         read_index([a, b])
 
 
@@ -107,7 +107,7 @@ def test_read_index_duplicate_names_both_files(tmp_path: Path) -> None:
 def test_read_index_bad_lines(tmp_path: Path, line: str, msg: str) -> None:
     f = tmp_path / "i.jsonl"
     f.write_text('{"prompt_id": "p", "prompt": "x", "index": 5, "seed": 1, "path": "a"}\n' + line + "\n")
-    with pytest.raises(ValueError, match=rf"i\.jsonl: line 2: .*{msg}"):
+    with pytest.raises(ValueError, match=rf"i\.jsonl:2: .*{msg}"):
         read_index([f])
 
 

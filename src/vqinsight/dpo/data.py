@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import iter_objects
 from ..provenance import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -79,35 +80,25 @@ def read_pairs(path: str | Path, check_files: bool = True) -> list[dict[str, Any
         raise FileNotFoundError(f"{path}: pairs file not found")
     base = path.resolve().parent
     pairs: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in REQUIRED_KEYS if k not in row]
-            if missing:
-                raise ValueError(f"{where}: missing key(s) {missing}; a pair needs {list(REQUIRED_KEYS)}")
-            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-                raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {row['prompt']!r}")
-            win = _resolve_video(row["win"], base, where, "win").resolve()
-            lose = _resolve_video(row["lose"], base, where, "lose").resolve()
-            if win == lose:
-                raise ValueError(f"{where}: 'win' and 'lose' are the same video ({win})")
-            pair = dict(row)
-            pair.update(
-                prompt_id=str(row["prompt_id"]),
-                win=str(win),
-                lose=str(lose),
-                weight=_weight(row.get("weight", 1.0), where),
-                source=where,
-            )
-            pairs.append(pair)
+    for where, row in iter_objects(path):
+        missing = [k for k in REQUIRED_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; a pair needs {list(REQUIRED_KEYS)}")
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {row['prompt']!r}")
+        win = _resolve_video(row["win"], base, where, "win").resolve()
+        lose = _resolve_video(row["lose"], base, where, "lose").resolve()
+        if win == lose:
+            raise ValueError(f"{where}: 'win' and 'lose' are the same video ({win})")
+        pair = dict(row)
+        pair.update(
+            prompt_id=str(row["prompt_id"]),
+            win=str(win),
+            lose=str(lose),
+            weight=_weight(row.get("weight", 1.0), where),
+            source=where,
+        )
+        pairs.append(pair)
     if not pairs:
         raise ValueError(f"{path}: no pairs in the file")
     if check_files:

@@ -72,6 +72,7 @@ import numpy as np
 import polars as pl
 
 from ..data.manifest import to_frame, validate_manifest
+from ..jsonl import iter_objects
 from ..provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, write_meta
 
 log = logging.getLogger("vqinsight.stage3.pairs")
@@ -100,38 +101,29 @@ def read_index(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: sample index not found (run the sampling rule first)")
-        with open(path, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {ln}"
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e})") from e
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                for k, t in INDEX_FIELDS.items():
-                    if k not in obj:
-                        raise ValueError(f"{where}: missing field {k!r}")
-                    v = obj[k]
-                    if not isinstance(v, t) or isinstance(v, bool):
-                        raise ValueError(f"{where}: field {k!r} must be {t.__name__}, got {v!r}")
-                pid, idx = obj["prompt_id"], obj["index"]
-                if not pid.strip() or "|" in pid:
-                    raise ValueError(f"{where}: prompt_id must be non-empty and free of '|', got {pid!r}")
-                if idx < 0:
-                    raise ValueError(f"{where}: index must be >= 0, got {idx}")
-                if not obj["path"].strip():
-                    raise ValueError(f"{where}: empty path")
-                key = (pid, idx)
-                if key in seen:
-                    raise ValueError(f"duplicate sample (prompt_id {pid!r}, index {idx}): {seen[key]} and {where}")
-                seen[key] = where
-                if pid in texts and texts[pid][0] != obj["prompt"]:
-                    raise ValueError(f"{where}: prompt_id {pid!r} has another prompt text at {texts[pid][1]}")
-                texts.setdefault(pid, (obj["prompt"], where))
-                rows.append({**{k: obj[k] for k in INDEX_FIELDS}, "source": str(path), "line": ln})
+        for where, obj in iter_objects(path):
+            ln = int(where.rsplit(":", 1)[1])
+            for k, t in INDEX_FIELDS.items():
+                if k not in obj:
+                    raise ValueError(f"{where}: missing field {k!r}")
+                v = obj[k]
+                if not isinstance(v, t) or isinstance(v, bool):
+                    raise ValueError(f"{where}: field {k!r} must be {t.__name__}, got {v!r}")
+            pid, idx = obj["prompt_id"], obj["index"]
+            if not pid.strip() or "|" in pid:
+                raise ValueError(f"{where}: prompt_id must be non-empty and free of '|', got {pid!r}")
+            if idx < 0:
+                raise ValueError(f"{where}: index must be >= 0, got {idx}")
+            if not obj["path"].strip():
+                raise ValueError(f"{where}: empty path")
+            key = (pid, idx)
+            if key in seen:
+                raise ValueError(f"duplicate sample (prompt_id {pid!r}, index {idx}): {seen[key]} and {where}")
+            seen[key] = where
+            if pid in texts and texts[pid][0] != obj["prompt"]:
+                raise ValueError(f"{where}: prompt_id {pid!r} has another prompt text at {texts[pid][1]}")
+            texts.setdefault(pid, (obj["prompt"], where))
+            rows.append({**{k: obj[k] for k in INDEX_FIELDS}, "source": str(path), "line": ln})
     if not rows:
         raise ValueError(f"{', '.join(map(str, paths))}: no samples")
     rows.sort(key=lambda r: (r["prompt_id"], r["index"]))
@@ -490,25 +482,15 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{path}: win/lose pairs not found (run the select step first)")
     out, seen = [], {}
     need = {"prompt_id": str, "prompt": str, "lose": str, "lose_index": int}
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}: line {ln}: not valid JSON ({e})") from e
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {ln}: expected a JSON object")
-            for k, t in need.items():
-                if not isinstance(obj.get(k), t) or isinstance(obj.get(k), bool):
-                    raise ValueError(f"{path}: line {ln}: field {k!r} must be {t.__name__}, got {obj.get(k)!r}")
-            if obj["prompt_id"] in seen:
-                raise ValueError(
-                    f"{path}: line {ln}: prompt_id {obj['prompt_id']!r} already on line {seen[obj['prompt_id']]}"
-                )
-            seen[obj["prompt_id"]] = ln
-            out.append({**obj, "line": ln})
+    for where, obj in iter_objects(path):
+        ln = int(where.rsplit(":", 1)[1])
+        for k, t in need.items():
+            if not isinstance(obj.get(k), t) or isinstance(obj.get(k), bool):
+                raise ValueError(f"{where}: field {k!r} must be {t.__name__}, got {obj.get(k)!r}")
+        if obj["prompt_id"] in seen:
+            raise ValueError(f"{where}: prompt_id {obj['prompt_id']!r} already on line {seen[obj['prompt_id']]}")
+        seen[obj["prompt_id"]] = ln
+        out.append({**obj, "line": ln})
     return out
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import iter_objects
+
 log = logging.getLogger("vqinsight.t2v.sample")
 
 SETTINGS_NAME = "sampling.json"
@@ -57,29 +59,20 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     out: list[Prompt] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f'{where}: expected an object {{"prompt_id": ..., "prompt": ...}}, got {rec!r:.80}')
-            for key in ("prompt_id", "prompt"):
-                if key not in rec:
-                    raise ValueError(f"{where}: missing field {key!r}")
-                if not isinstance(rec[key], str) or not rec[key].strip():
-                    raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {rec[key]!r:.80}")
-            pid = rec["prompt_id"]
-            if pid in (".", "..") or "/" in pid or "\\" in pid or pid.startswith(".") or "\0" in pid:
-                raise ValueError(f"{where}: prompt_id {pid!r} cannot be used as a directory name")
-            if pid in seen:
-                raise ValueError(f"{where}: duplicate prompt_id {pid!r} (first on line {seen[pid]})")
-            seen[pid] = lineno
-            out.append(Prompt(pid, rec["prompt"]))
+    for where, rec in iter_objects(path):
+        lineno = int(where.rsplit(":", 1)[1])
+        for key in ("prompt_id", "prompt"):
+            if key not in rec:
+                raise ValueError(f"{where}: missing field {key!r}")
+            if not isinstance(rec[key], str) or not rec[key].strip():
+                raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {rec[key]!r:.80}")
+        pid = rec["prompt_id"]
+        if pid in (".", "..") or "/" in pid or "\\" in pid or pid.startswith(".") or "\0" in pid:
+            raise ValueError(f"{where}: prompt_id {pid!r} cannot be used as a directory name")
+        if pid in seen:
+            raise ValueError(f"{where}: duplicate prompt_id {pid!r} (first on line {seen[pid]})")
+        seen[pid] = lineno
+        out.append(Prompt(pid, rec["prompt"]))
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
