@@ -422,8 +422,7 @@ def _kill_when(cwd: Path, targets: list[str], ready, timeout: float = 600.0) -> 
                     p.wait(timeout=60)
                     time.sleep(1.0)
                     # nothing of the killed job may survive (it would keep writing into the rerun's files)
-                    left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True, check=False)
-                    assert not left.stdout.strip(), f"processes survived the kill: {left.stdout}"
+                    assert not _jobs_in(cwd), f"processes survived the kill: {_jobs_in(cwd)}"
                     return True
                 time.sleep(0.2)
         finally:
@@ -432,6 +431,20 @@ def _kill_when(cwd: Path, targets: list[str], ready, timeout: float = 600.0) -> 
                 p.wait(timeout=60)
     assert p.returncode == 0 or time.monotonic() - t0 >= timeout, (cwd / "chaos.log").read_text()[-3000:]
     return False
+
+
+def _jobs_in(cwd: Path) -> list[str]:
+    """Command lines of the live processes working in cwd (Snakemake and its jobs)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            if proc.info["cwd"] and Path(proc.info["cwd"]).resolve() == cwd.resolve():
+                out.append(" ".join(proc.info["cmdline"] or []))
+        except (psutil.Error, OSError):
+            continue
+    return out
 
 
 def _finish(cwd: Path, *targets: str) -> None:
