@@ -67,11 +67,13 @@ def sample_indexes(gen, split):
     return [f"{S3DIR}/samples/{gen}/{split}/shard{k}/index.jsonl" for k in range(S3_SHARDS[split])]
 
 
-TABLE6_GENS = {"t2v_turbo": "g0", "ours_no_uf": gen_id("no_uf", ROUNDS), "ours": gen_id("united", ROUNDS)}
+# Table 6 rows -> generator: G_0, VideoDPO (if its pairs are configured), w/o UF, every round of the united chain
+TABLE6_GENS = {"t2v_turbo": "g0"}
 if S3.get("videodpo"):
-    TABLE6_GENS = {"t2v_turbo": "g0", "videodpo": "videodpo"} | {
-        k: v for k, v in TABLE6_GENS.items() if k != "t2v_turbo"
-    }
+    TABLE6_GENS["videodpo"] = "videodpo"
+TABLE6_GENS["ours_no_uf"] = gen_id("no_uf", ROUNDS)
+TABLE6_GENS |= {f"ours_r{r}": gen_id("united", r) for r in range(1, ROUNDS)}
+TABLE6_GENS["ours"] = gen_id("united", ROUNDS)
 
 
 def stage3_eval_files(wildcards=None):

@@ -75,6 +75,19 @@ def test_paper_dry_run_lists_a_download_and_manifest_job_per_dataset(tmp_path):
     assert "https://huggingface.co/datasets/zhiyuanyou/Data-DeQA-Score" in p.stdout
 
 
+def test_videodpo_pairs_give_table6_a_videodpo_row(tmp_path):
+    """stage3.videodpo: G_0 is DPO-trained on VideoDPO's released pairs (its pair.json format) for Table 6."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["stage3"]["videodpo"] = {"meta": str(tmp_path / "videodpo meta")}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = smk("-n", "-p", "--configfile", str(path), cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert job_counts(out)["dpo_train"] == 4, out[-3000:]
+    assert "--videodpo '" + str(tmp_path / "videodpo meta") + "'" in out and "stage3/generators/videodpo" in out
+    assert "videodpo=results/demo/stage3/eval/videodpo.json" in out, "the table6 job gets the VideoDPO row"
+
+
 def test_demo_config_does_not_inherit_paper_urls(tmp_path):
     p = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
     assert job_counts(p.stdout)["download"] == len(DATASET_KEYS)
@@ -258,9 +271,9 @@ def test_stage3_runs_two_rounds_of_united_finetuning_and_renders_table6(demo_run
         assert label in md, label
     csv_rows = pl.read_csv(demo_run / "results/demo/tables/table6.csv")
     measured = csv_rows.filter(pl.col("block") == "measured")
-    assert set(measured["system"]) == {"t2v_turbo", "ours_no_uf", "ours"}
+    assert set(measured["system"]) == {"t2v_turbo", "ours_no_uf", "ours_r1", "ours"}
     wr = measured.filter(pl.col("column") == "winrate_vs_g0")["value"].drop_nulls().to_list()
-    assert len(wr) == 2 and all(0.0 <= v <= 1.0 for v in wr)
+    assert len(wr) == 3 and all(0.0 <= v <= 1.0 for v in wr)
 
 
 def test_ruff_is_clean():

@@ -849,7 +849,7 @@ def write_tables(
 # Generator evaluation files (rules/stage3.smk, `vqinsight.stage3.evaluate`): one JSON per generator with
 # {"generator", "vbench": {"dimensions": {dim: score}, "final": {total_score, quality_score, semantic_score},
 # "computed_by"}, "winrate": {"winrate", "ci95", "n", ...} | null, "n_videos"}.
-TABLE6_ROWS = {  # row key -> default label; the CLI passes key=path pairs in this order
+TABLE6_ROWS = {  # row key -> label (plus ours_r<r>: an intermediate round); the CLI passes key=path pairs in order
     "t2v_turbo": "T2V-Turbo (G0)",
     "videodpo": "VideoDPO",
     "ours_no_uf": "Ours w/o UF",
@@ -891,7 +891,8 @@ def build_table6(evals: Sequence[tuple[str, str | Path]], reported: dict[str, An
             obj = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable generator evaluation ({e})") from e
-        label = TABLE6_ROWS.get(key, key) + (" (demo)" if demo else "")
+        label = TABLE6_ROWS.get(key) or (f"Ours after round {key[6:]}" if re.fullmatch(r"ours_r\d+", key) else key)
+        label += " (demo)" if demo else ""
         vals = _table6_values(obj)
         rows.append(Row(key, label, vals))
         if (obj.get("vbench") or {}).get("computed_by"):
