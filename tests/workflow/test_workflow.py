@@ -88,6 +88,23 @@ def test_videodpo_pairs_give_table6_a_videodpo_row(tmp_path):
     assert "videodpo=results/demo/stage3/eval/videodpo.json" in out, "the table6 job gets the VideoDPO row"
 
 
+def test_hostile_paths_pass_through_real_rules_quoted(tmp_path):
+    """Data and results folders whose names hold spaces, quotes and $(...) go through the download, manifest and
+    frame-cache rules (real jobs, real shell commands): outputs land there and nothing is executed."""
+    evil = 'my data "q\'x$(touch PWNED)" `touch PWNED2`'
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["raw_dir"], cfg["results_dir"] = f"{evil}/raw", f"{evil}/results"
+    cfg["datasets"]["konvid"]["synthetic"]["counts"] = {"test": 8}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    target = f"{evil}/results/frames/konvid.json"
+    smk("--cores", "1", target, "--configfile", str(path), cwd=tmp_path)
+    df = load_manifest(tmp_path / evil / "results/manifests/konvid.parquet", scale=(1.0, 5.0))
+    assert df.height == 8 and all(evil in m for m in df["media"].list.first().to_list())
+    assert (tmp_path / target).is_file()
+    assert not list(tmp_path.rglob("PWNED*")) and not list(ROOT.glob("PWNED*")), "a path reached a shell unquoted"
+
+
 def test_demo_config_does_not_inherit_paper_urls(tmp_path):
     p = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
     assert job_counts(p.stdout)["download"] == len(DATASET_KEYS)
