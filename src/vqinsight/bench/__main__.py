@@ -11,6 +11,7 @@ log = logging.getLogger("vqinsight.bench")
 # name -> module with a ``main(argv: list[str] | None) -> int``; imported lazily so one bench's deps don't load all.
 BENCHES: dict[str, str] = {
     "frames": "vqinsight.bench.frames",
+    "decode": "vqinsight.bench.decode",
     "grpo_step": "vqinsight.bench.grpo_step",
     "t2v": "vqinsight.bench.t2v",
 }

@@ -1,0 +1,207 @@
+"""Rollout decoding of the Qwen2.5-VL-7B architecture: transformers generate() vs the project's StaticDecoder.
+
+    python -m vqinsight.bench decode --out $OUT/decode.json                  # 7B, bf16, one GPU
+    python -m vqinsight.bench decode --size tiny --batches 2 --new-tokens 16 --out /tmp/decode.json   # CPU smoke
+
+Prompt as in the reference baseline (../shared/reference/bench/hf_rollout_baseline.py): one 16-frame 448×448 video
+(2,048 video tokens) between 20 + 80 random text tokens, the same for every row. Random weights. For each batch size
+both engines generate ``--new-tokens`` tokens with sampling (temperature 1, top-p 0.95, no eos so every row runs to
+the end), after one warm-up call each; the baseline is measured IN THE SAME RUN. Reported: wall seconds,
+new tokens/s, ratio to generate(), prefill seconds (transformers forward, both engines share it), decode ms per
+step, and peak memory. Before timing, correctness on the real architecture: the StaticDecoder's greedy tokens are
+fed back through a plain transformers forward (teacher forcing); the share of positions where transformers'
+argmax equals the decoder's token is reported (bf16: near-ties may flip a few), along with the length of the
+common prefix with generate()'s own greedy tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from vqinsight.provenance import atomic_write_json, device_info, package_versions
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+
+
+def make_inputs(model, batch: int, device, frames: int = 16, size: int = 448, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    gt, gh, gw = frames // 2, size // 14, size // 14
+    n_patches = gt * gh * gw
+    n_vid = n_patches // 4
+    # plain text ids: the byte range of the project's tokenizer (its special tokens sit above it) on the tiny
+    # model, ids above every special token on the 152k vocabulary
+    lo, hi = (300, 100000) if cfg.text_config.vocab_size > 100000 else (0, 256)
+    pre = torch.randint(lo, hi, (20,), generator=g)
+    post = torch.randint(lo, hi, (80,), generator=g)
+    ids = torch.cat([pre, torch.tensor([cfg.vision_start_token_id]), torch.full((n_vid,), cfg.video_token_id),
+                     torch.tensor([cfg.vision_end_token_id]), post])  # fmt: skip
+    ids = ids.unsqueeze(0).repeat(batch, 1).to(device)
+    p = next(model.parameters())
+    pv = torch.randn(n_patches * batch, 3 * 2 * 14 * 14, generator=g).to(device, p.dtype)
+    thw = torch.tensor([[gt, gh, gw]] * batch, device=device)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values_videos": pv,
+        "video_grid_thw": thw,
+        "mm_token_type_ids": (ids == cfg.video_token_id).long() * 2,
+    }
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def _peak(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None
+
+
+def _reset(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def correctness(model, dec, device, n_new: int) -> dict[str, Any]:
+    """Teacher-forced agreement of the decoder's greedy tokens with transformers, and the prefix shared with
+    generate()'s greedy tokens."""
+    import torch
+
+    enc = make_inputs(model, 2, device, seed=1)
+    fast = dec.generate(enc, n_new, do_sample=False)
+    with torch.no_grad():
+        full = torch.cat([enc["input_ids"], fast], dim=1)
+        kw = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        model.model.rope_deltas = None
+        logits = model(input_ids=full, attention_mask=torch.ones_like(full), **kw).logits
+        length = enc["input_ids"].shape[1]
+        tf = logits[:, length - 1 : -1].argmax(-1)  # transformers' greedy choice after each decoder prefix
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)[:, length:]
+    agree = (tf == fast).float().mean().item()
+    same = (ref == fast).long().cumprod(dim=1).sum(dim=1).tolist()
+    return {"teacher_forced_argmax_agreement": agree, "common_prefix_with_generate": same, "new_tokens": n_new}
+
+
+def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
+    import torch
+
+    from vqinsight.bench.grpo_step import build_model
+    from vqinsight.fastdecode import StaticDecoder
+    from vqinsight.models.tiny import build_tokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = build_model(a.size, build_tokenizer(), device, dtype, seed=0).eval()
+    model.generation_config.eos_token_id = None  # every row runs to the end, as in the baseline
+    res["params_B"] = sum(p.numel() for p in model.parameters()) / 1e9
+    dec = StaticDecoder(model, timing=True)
+    res["correctness"] = correctness(model, dec, device, a.check_tokens)
+    log.info("correctness %s", res["correctness"])
+    atomic_write_json(a.out, res)
+    sample = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
+    for b in a.batches:
+        enc = make_inputs(model, b, device)
+        row: dict[str, Any] = {"batch": b, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": a.new_tokens}
+        with torch.no_grad():
+            _, row["prefill_s"] = _timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
+            model.model.rope_deltas = None
+            for name in ("static_decoder", "hf_generate"):
+                if name == "hf_generate":
+
+                    def call(enc=enc):
+                        model.model.rope_deltas = None
+                        return model.generate(
+                            **enc, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, **sample
+                        )[:, enc["input_ids"].shape[1] :]
+                else:
+
+                    def call(enc=enc):
+                        return dec.generate(enc, a.new_tokens, **sample)
+
+                try:
+                    if name == "hf_generate":  # a short warm-up: generate() has no per-shape state
+                        model.generate(**enc, max_new_tokens=8, min_new_tokens=8, **sample)
+                    else:
+                        call()  # same shapes: the CUDA-graph capture happens here
+                    _reset(device)
+                    out, t = _timed(call, device)
+                    assert out.shape == (b, a.new_tokens), out.shape
+                    # the decoder times its own split; generate() = total - the separately timed prefill
+                    split = dec.last_timing if name == "static_decoder" else {}
+                    decode = max(split.get("decode_s", t - row["prefill_s"]), 1e-9)
+                    row[name] = {
+                        "s": t,
+                        "tok_per_s": b * a.new_tokens / t,
+                        "decode_ms_per_step": 1000 * decode / max(a.new_tokens - 1, 1),
+                        "decode_tok_per_s": b * (a.new_tokens - 1) / decode,
+                        "peak_GiB": _peak(device),
+                        **({"prefill_s": split["prefill_s"]} if split else {}),
+                    }
+                except RuntimeError as e:
+                    if "out of memory" not in str(e).lower():
+                        raise
+                    row[name] = {"oom": str(e)[:300]}
+                    _reset(device)
+                log.info("batch %d %s: %s", b, name, row[name])
+        if "tok_per_s" in row.get("hf_generate", {}) and "tok_per_s" in row.get("static_decoder", {}):
+            row["speedup_tok_per_s"] = row["static_decoder"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
+            row["speedup_decode"] = row["static_decoder"]["decode_tok_per_s"] / row["hf_generate"]["decode_tok_per_s"]
+        res["batches"].append(row)
+        atomic_write_json(a.out, res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vqinsight.bench decode", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("results/bench/decode.json"))
+    ap.add_argument("--size", choices=("7b", "tiny"), default="7b")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--check-tokens", type=int, default=64, help="greedy tokens for the correctness check")
+    a = ap.parse_args(argv)
+    res: dict[str, Any] = {
+        "bench": "decode",
+        "argv": sys.argv,
+        "baseline": "transformers generate(), same model, prompt and sampling settings, same run",
+        "device": device_info(),
+        "packages": package_versions(("torch", "transformers")),
+        "batches": [],
+    }
+    try:
+        run(a, res)
+    except Exception as e:
+        res["error"] = traceback.format_exc()[-3000:]
+        atomic_write_json(a.out, res)
+        log.error("%s", e)
+        return 1
+    atomic_write_json(a.out, res)
+    log.info("wrote %s", a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
