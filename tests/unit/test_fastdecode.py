@@ -100,3 +100,23 @@ def test_bad_arguments_are_refused(loaded):
     right["attention_mask"] = enc["attention_mask"].flip(1)
     with pytest.raises(ValueError, match="right-padded"):
         dec.generate(right, 4)
+
+
+def test_fused_weights_give_the_same_tokens_and_follow_weight_updates(loaded):
+    model, processor = loaded
+    enc = _batch(processor)
+    plain = StaticDecoder(model).generate(enc, 24, do_sample=False)
+    fused = StaticDecoder(model, fuse_weights=True)
+    assert torch.equal(fused.generate(enc, 24, do_sample=False), plain)
+    layer = model.model.language_model.layers[0]
+    saved = layer.mlp.up_proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            layer.mlp.up_proj.weight.mul_(3.0)  # a training step changed the policy
+        changed = StaticDecoder(model).generate(enc, 24, do_sample=False)
+        assert not torch.equal(changed, plain)
+        fused.refresh_weights()
+        assert torch.equal(fused.generate(enc, 24, do_sample=False), changed)
+    finally:
+        with torch.no_grad():
+            layer.mlp.up_proj.weight.copy_(saved)
