@@ -32,6 +32,7 @@ include: "rules/report.smk"
 
 if "stage3" in config:
 
+    include: "rules/stage3_common.smk"
     include: "rules/stage3.smk"
 
 

@@ -345,7 +345,9 @@ wildcard_constraints:
 def provenance_files(wildcards=None):
     """Results whose meta.json goes into the provenance table: manifests, models, predictions, metrics."""
     models = grpo_models() + [
-        f"{RESULTS}/grpo/stage2/{tm}/{v}/model" for v, spec in trained_ablations().items() for tm in spec["task_models"]
+        f"{RESULTS}/grpo/stage2/{tm}/{v}/model"
+        for v, spec in trained_ablations().items()
+        for tm in spec["task_models"]
     ]
     if any(v["type"] == "sft" for v in BASELINES.values()):
         models += [f"{RESULTS}/baselines/sft/{tm}/model" for tm in TASK_MODELS]
