@@ -246,9 +246,13 @@ class StaticDecoder:
         top_p: float = 1.0,
         eos_token_id: int | None = None,
         suppress_token_ids: list[int] | None = None,
+        num_return_sequences: int = 1,
     ) -> torch.Tensor:
-        """New tokens (B, max_new_tokens); after a row's eos the row holds eos. ``enc`` must be left-padded (or
-        unpadded), as transformers' processors do for generation."""
+        """New tokens (B * num_return_sequences, max_new_tokens), the copies of a prompt adjacent; after a row's eos
+        the row holds eos. ``enc`` must be left-padded (or unpadded), as transformers' processors do for generation.
+
+        With num_return_sequences = G (GRPO's group), each prompt is prefilled ONCE and its cache copied G times
+        (prefix sharing); transformers' generate() prefills every copy."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -269,14 +273,24 @@ class StaticDecoder:
             self._sampling = sampling
 
         t0 = self._clock()
+        if num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
         logits, cache, deltas = self.prefill(enc)
         t1 = self._clock()
-        b, length = ids.shape
+        g = int(num_return_sequences)
+        if g > 1:
+            logits, deltas, am = (x.repeat_interleave(g, dim=0) for x in (logits, deltas, am))
+        b, length = ids.shape[0] * g, ids.shape[1]
         total = length + max_new_tokens
         s = self._state(b, total, max_new_tokens)
         for i, layer_cache in enumerate(cache.layers):
-            s.k[i][:, :, :length].copy_(layer_cache.keys)
-            s.v[i][:, :, :length].copy_(layer_cache.values)
+            keys, values = layer_cache.keys, layer_cache.values
+            if g > 1:  # (P, ...) -> (P*G, ...) in place in the static cache, without a temporary copy
+                s.k[i][:, :, :length].view(-1, g, *keys.shape[1:]).copy_(keys[:, None])
+                s.v[i][:, :, :length].view(-1, g, *values.shape[1:]).copy_(values[:, None])
+            else:
+                s.k[i][:, :, :length].copy_(keys)
+                s.v[i][:, :, :length].copy_(values)
             s.k[i][:, :, length:].zero_()
             s.v[i][:, :, length:].zero_()
         del cache

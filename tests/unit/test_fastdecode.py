@@ -120,3 +120,30 @@ def test_fused_weights_give_the_same_tokens_and_follow_weight_updates(loaded):
     finally:
         with torch.no_grad():
             layer.mlp.up_proj.weight.copy_(saved)
+
+
+def test_prefix_sharing_prefills_once_and_matches_repeated_prompts(loaded):
+    model, processor = loaded
+    enc = _batch(processor)
+    dec = StaticDecoder(model)
+    shared = dec.generate(enc, 16, do_sample=False, num_return_sequences=3)
+    repeated = {
+        k: (v.repeat_interleave(3, dim=0) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in enc.items()
+    }
+    # the processor's video tensors are per video, in row order: repeat each row's videos in place
+    n_vid = [2, 1, 0]
+    grids = enc["video_grid_thw"].split(n_vid[:2])
+    patches = enc["pixel_values_videos"].split([int(g.prod(-1).sum()) for g in grids])
+    repeated["video_grid_thw"] = torch.cat([g for g in grids for _ in range(3)])
+    repeated["pixel_values_videos"] = torch.cat([p for p in patches for _ in range(3)])
+    if "second_per_grid_ts" in enc:
+        ts = torch.as_tensor(enc["second_per_grid_ts"]).split(n_vid[:2])
+        repeated["second_per_grid_ts"] = torch.cat([t for t in ts for _ in range(3)])
+    assert shared.shape == (9, 16)
+    assert torch.equal(shared, dec.generate(repeated, 16, do_sample=False))
+    for row in range(3):  # greedy copies of one prompt are identical
+        assert (shared[3 * row : 3 * row + 3] == shared[3 * row]).all()
+    torch.manual_seed(0)
+    sampled = dec.generate(enc, 16, temperature=1.0, num_return_sequences=3)
+    assert not all(torch.equal(sampled[3 * r], sampled[3 * r + 1]) for r in range(3)), "copies sample independently"

@@ -220,6 +220,46 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
         atomic_write_json(a.out, res)
 
 
+def run_groups(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
+    """GRPO's rollout shape: P prompts x G rollouts each. generate(num_return_sequences=G) prefills every copy;
+    the decoder prefills each prompt once (prefix sharing) and copies its cache."""
+    import torch
+
+    from vqinsight.fastdecode import StaticDecoder
+
+    sample = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
+    dec = StaticDecoder(model, timing=True, fuse_weights=True, compile=True)
+    for prompts, g in ((a.group_prompts, a.group_size),):
+        enc = make_inputs(model, prompts, device)
+        row: dict[str, Any] = {"prompts": prompts, "rollouts_per_prompt": g, "new_tokens": a.new_tokens}
+        calls = {
+            "fused_compiled_prefix_shared": lambda enc=enc, g=g: dec.generate(
+                enc, a.new_tokens, num_return_sequences=g, **sample
+            ),
+            "hf_generate": lambda enc=enc, g=g: model.generate(
+                **enc, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, num_return_sequences=g, **sample
+            )[:, enc["input_ids"].shape[1] :],
+        }
+        with torch.no_grad():
+            for name, call in calls.items():
+                model.model.rope_deltas = None
+                if name == "hf_generate":
+                    model.generate(**enc, max_new_tokens=8, min_new_tokens=8, num_return_sequences=g, **sample)
+                else:
+                    call()
+                _reset(device)
+                model.model.rope_deltas = None
+                out, t = _timed(call, device)
+                assert out.shape == (prompts * g, a.new_tokens), out.shape
+                row[name] = {"s": t, "tok_per_s": prompts * g * a.new_tokens / t, "peak_GiB": _peak(device)}
+                if name != "hf_generate":
+                    row[name].update(dec.last_timing)
+                log.info("group %dx%d %s: %s", prompts, g, name, row[name])
+        row["speedup_tok_per_s"] = row["fused_compiled_prefix_shared"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
+        res["groups"].append(row)
+        atomic_write_json(a.out, res)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vqinsight.bench decode", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench/decode.json"))
@@ -227,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--new-tokens", type=int, default=512)
     ap.add_argument("--check-tokens", type=int, default=64, help="greedy tokens for the correctness check")
+    ap.add_argument("--group-prompts", type=int, default=4, help="GRPO shape: prompts per step")
+    ap.add_argument("--group-size", type=int, default=8, help="GRPO shape: rollouts per prompt (G)")
+    ap.add_argument("--skip-batches", action="store_true", help="only the GRPO-shape comparison")
     ap.add_argument(
         "--variant-batches",
         type=int,
@@ -242,9 +285,21 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_info(),
         "packages": package_versions(("torch", "transformers")),
         "batches": [],
+        "groups": [],
     }
     try:
-        run(a, res)
+        if not a.skip_batches:
+            run(a, res)
+        import torch
+
+        from vqinsight.bench.grpo_step import build_model
+        from vqinsight.models.tiny import build_tokenizer
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = build_model(a.size, build_tokenizer(), device, dtype, seed=0).eval()
+        model.generation_config.eos_token_id = None
+        run_groups(a, res, model, device)
     except Exception as e:
         res["error"] = traceback.format_exc()[-3000:]
         atomic_write_json(a.out, res)
