@@ -39,3 +39,17 @@ def validate_config(config: dict[str, Any], schema_path: str | Path, source: str
     if errors:
         lines = "\n  ".join(errors)
         raise ConfigError(f"invalid {source} (schema {schema_path}):\n  {lines}")
+
+
+def recipe_from_mapping(cls, data: dict[str, Any], path: str | Path):
+    """A recipe dataclass from a parsed YAML mapping; errors name the recipe file and the unknown or bad keys."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise ValueError(f"{path}: unknown recipe key(s) {bad}; known: {sorted(known)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -30,12 +30,13 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..config import recipe_from_mapping
 from ..grpo.common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
 from ..grpo.train import _callbacks, _held_out, claim_checkpoint_dir, curves_table, latest_checkpoint, run_fingerprint
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
@@ -85,15 +86,7 @@ class SFTRecipe:
 
     @classmethod
     def load(cls, path: str | Path) -> SFTRecipe:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise ValueError(f"{path}: unknown recipe key(s) {bad}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        return recipe_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from typing import Any
 
 import yaml
 
+from ..config import recipe_from_mapping
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
 
 log = logging.getLogger("vqinsight.dpo")
@@ -191,17 +192,10 @@ class Recipe:
             raise ValueError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe key(s) {unknown}; known: {sorted(known)}")
         missing = [k for k in cls.REQUIRED if k not in data]
-        if missing:
+        if missing and not set(data) - {f.name for f in fields(cls)}:
             raise ValueError(f"{path}: required recipe key(s) missing: {missing} (lora: null means full fine-tuning)")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        return recipe_from_mapping(cls, data, path)
 
 
 # ------------------------------------------------------------------------------------------------ pure pieces

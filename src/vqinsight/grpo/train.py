@@ -24,12 +24,13 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..config import recipe_from_mapping
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
 from .common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
 
@@ -62,14 +63,7 @@ class Recipe:
     def load(cls, path: str | Path, override: dict[str, Any] | None = None) -> Recipe:
         """The recipe file, with `override` (nested keys, e.g. an ablation's) deep-merged on top."""
         data = deep_merge(yaml.safe_load(Path(path).read_text()) or {}, override or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise ValueError(f"{path}: unknown recipe key(s) {bad}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        return recipe_from_mapping(cls, data, path)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
