@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+from vqinsight.bench.common import is_oom, peak_gib, reset_peak, timed, write_result
 from vqinsight.provenance import atomic_write_json, device_info, package_versions
 
 log = logging.getLogger(__name__)
-GIB = 2**30
 
 
 def make_inputs(model, batch: int, device, frames: int = 16, size: int = 448, seed: int = 0) -> dict[str, Any]:
@@ -56,35 +54,6 @@ def make_inputs(model, batch: int, device, frames: int = 16, size: int = 448, se
         "video_grid_thw": thw,
         "mm_token_type_ids": (ids == cfg.video_token_id).long() * 2,
     }
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device):
-    _sync(device)
-    t = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - t
-
-
-def _peak(device) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None
-
-
-def _reset(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def correctness(model, device, n_new: int) -> dict[str, Any]:
@@ -137,18 +106,25 @@ def correctness(model, device, n_new: int) -> dict[str, Any]:
     }
 
 
-def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
+def load_model(size: str):
+    """(random-weight model, device); eos off, so every row runs to the end as in the baseline."""
     import torch
 
     from vqinsight.bench.grpo_step import build_model
-    from vqinsight.fastdecode import StaticDecoder
     from vqinsight.models.tiny import build_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build_model(a.size, build_tokenizer(), device, dtype, seed=0).eval()
-    model.generation_config.eos_token_id = None  # every row runs to the end, as in the baseline
-    res["params_B"] = sum(p.numel() for p in model.parameters()) / 1e9
+    model = build_model(size, build_tokenizer(), device, dtype, seed=0).eval()
+    model.generation_config.eos_token_id = None
+    return model, device
+
+
+def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
+    import torch
+
+    from vqinsight.fastdecode import StaticDecoder
+
     dec = StaticDecoder(model, timing=True)
     res["correctness"] = correctness(model, device, a.check_tokens)
     log.info("correctness %s", res["correctness"])
@@ -158,7 +134,7 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
         enc = make_inputs(model, b, device)
         row: dict[str, Any] = {"batch": b, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": a.new_tokens}
         with torch.no_grad():
-            _, row["prefill_s"] = _timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
+            _, row["prefill_s"] = timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
             model.model.rope_deltas = None
             for name in ("static_decoder", "static_decoder_greedy", "fused", "fused_compiled", "hf_generate"):
                 if name in ("fused", "fused_compiled") and b not in a.variant_batches:
@@ -193,8 +169,8 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
                         model.generate(**enc, max_new_tokens=8, min_new_tokens=8, **sample)
                     else:
                         call()  # same shapes: the CUDA-graph capture happens here
-                    _reset(device)
-                    out, t = _timed(call, device)
+                    reset_peak(device)
+                    out, t = timed(call, device)
                     assert out.shape == (b, a.new_tokens), out.shape
                     # the decoder times its own split; generate() = total - the separately timed prefill
                     split = dec.last_timing if name != "hf_generate" else {}
@@ -204,14 +180,14 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
                         "tok_per_s": b * a.new_tokens / t,
                         "decode_ms_per_step": 1000 * decode / max(a.new_tokens - 1, 1),
                         "decode_tok_per_s": b * (a.new_tokens - 1) / decode,
-                        "peak_GiB": _peak(device),
+                        "peak_GiB": peak_gib(device),
                         **({"prefill_s": split["prefill_s"]} if split else {}),
                     }
                 except RuntimeError as e:
-                    if "out of memory" not in str(e).lower():
+                    if not is_oom(e):
                         raise
                     row[name] = {"oom": str(e)[:300]}
-                    _reset(device)
+                    reset_peak(device)
                 log.info("batch %d %s: %s", b, name, row[name])
         if "tok_per_s" in row.get("hf_generate", {}) and "tok_per_s" in row.get("static_decoder", {}):
             row["speedup_tok_per_s"] = row["static_decoder"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
@@ -247,11 +223,11 @@ def run_groups(a: argparse.Namespace, res: dict[str, Any], model, device) -> Non
                     model.generate(**enc, max_new_tokens=8, min_new_tokens=8, num_return_sequences=g, **sample)
                 else:
                     call()
-                _reset(device)
+                reset_peak(device)
                 model.model.rope_deltas = None
-                out, t = _timed(call, device)
+                out, t = timed(call, device)
                 assert out.shape == (prompts * g, a.new_tokens), out.shape
-                row[name] = {"s": t, "tok_per_s": prompts * g * a.new_tokens / t, "peak_GiB": _peak(device)}
+                row[name] = {"s": t, "tok_per_s": prompts * g * a.new_tokens / t, "peak_GiB": peak_gib(device)}
                 if name != "hf_generate":
                     row[name].update(dec.last_timing)
                 log.info("group %dx%d %s: %s", prompts, g, name, row[name])
@@ -287,27 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         "batches": [],
         "groups": [],
     }
-    try:
+
+    def body() -> None:
+        model, device = load_model(a.size)
+        res["params_B"] = sum(p.numel() for p in model.parameters()) / 1e9
         if not a.skip_batches:
-            run(a, res)
-        import torch
-
-        from vqinsight.bench.grpo_step import build_model
-        from vqinsight.models.tiny import build_tokenizer
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = build_model(a.size, build_tokenizer(), device, dtype, seed=0).eval()
-        model.generation_config.eos_token_id = None
+            run(a, res, model, device)
         run_groups(a, res, model, device)
-    except Exception as e:
-        res["error"] = traceback.format_exc()[-3000:]
-        atomic_write_json(a.out, res)
-        log.error("%s", e)
-        return 1
-    atomic_write_json(a.out, res)
-    log.info("wrote %s", a.out)
-    return 0
+
+    return write_result(a.out, res, body)
 
 
 if __name__ == "__main__":

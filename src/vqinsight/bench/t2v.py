@@ -25,14 +25,13 @@ import logging
 import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+from vqinsight.bench.common import is_oom, peak_gib, reset_peak, sync, write_result
 from vqinsight.provenance import atomic_write_json, device_info, package_versions
 
 log = logging.getLogger(__name__)
-GIB = 2**30
 
 UNET_MS = dict(
     sample_size=32,
@@ -97,31 +96,6 @@ def build(size: str, frames: int, res: int, device: str, dtype):
     return Generator(unet.eval(), vae, text, tok, cfg)
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _reset(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak(device: str) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / GIB if device == "cuda" else None
-
-
-def _oom(e: BaseException) -> bool:
-    return "out of memory" in str(e).lower()
-
-
 def bench_sampling(gen, batches: list[int], device: str) -> dict[str, Any]:
     from vqinsight.t2v.pipeline import sample_videos
 
@@ -130,25 +104,25 @@ def bench_sampling(gen, batches: list[int], device: str) -> dict[str, Any]:
         prompts, seeds = [f"prompt {i}" for i in range(b)], list(range(b))
         try:
             sample_videos(gen, prompts, seeds)  # warm-up
-            _sync(device)
-            _reset(device)
+            sync(device)
+            reset_peak(device)
             t = time.perf_counter()
             v = sample_videos(gen, prompts, seeds)
-            _sync(device)
+            sync(device)
             el = time.perf_counter() - t
             out[f"b{b}"] = {
                 "batch": b,
                 "s_per_batch": el,
                 "s_per_clip": el / b,
                 "clips_per_s": b / el,
-                "peak_GiB": _peak(device),
+                "peak_GiB": peak_gib(device),
                 "video_shape": list(v.shape),
             }
         except RuntimeError as e:
-            if not _oom(e):
+            if not is_oom(e):
                 raise
             out[f"b{b}"] = {"batch": b, "oom": str(e)[:300]}
-            _reset(device)
+            reset_peak(device)
             break
         log.info("sampling batch %d: %s", b, out[f"b{b}"])
     ok = [v for v in out.values() if "clips_per_s" in v]
@@ -189,16 +163,16 @@ def bench_dpo(gen, mode: str, pairs: int, lora_rank: int, device: str, dtype, st
     w_emb = w_embedding(torch.full((2 * pairs,), cfg.guidance), cfg.w_embedding_dim).to(device, dtype)
     timings = {}
     for i in range(steps):
-        _sync(device)
+        sync(device)
         if i == steps - 1:
-            _reset(device)
+            reset_peak(device)
         t0 = time.perf_counter()
         x0 = torch.randn((2 * pairs, *shape[1:]), device=device, dtype=dtype)
         noise = torch.randn(shape, device=device, dtype=dtype).repeat(2, 1, 1, 1, 1)
         t = grid[torch.randint(0, len(grid), (pairs,))].repeat(2).to(device)
         xt = sched.add_noise(x0, noise, t)
         pred = policy(xt, t, encoder_hidden_states=text, timestep_cond=w_emb).sample
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
             if ref is None:
@@ -206,7 +180,7 @@ def bench_dpo(gen, mode: str, pairs: int, lora_rank: int, device: str, dtype, st
                     rpred = policy(xt, t, encoder_hidden_states=text, timestep_cond=w_emb).sample
             else:
                 rpred = ref(xt, t, encoder_hidden_states=text, timestep_cond=w_emb).sample
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         me, re_ = per_sample_mse(pred, noise), per_sample_mse(rpred, noise)
         loss = diffusion_dpo_loss(*me.chunk(2), *re_.chunk(2), beta=5000.0)
@@ -214,7 +188,7 @@ def bench_dpo(gen, mode: str, pairs: int, lora_rank: int, device: str, dtype, st
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         timings = {
             "s_step": t3 - t0,
@@ -230,7 +204,7 @@ def bench_dpo(gen, mode: str, pairs: int, lora_rank: int, device: str, dtype, st
         "lora_rank": lora_rank if mode == "lora" else None,
         "trainable_params_M": sum(p.numel() for p in params) / 1e6,
         **timings,
-        "peak_GiB": _peak(device),
+        "peak_GiB": peak_gib(device),
     }
 
 
@@ -265,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "packages": package_versions(("torch", "diffusers", "transformers", "peft")),
         "python": platform.python_version(),
     }
-    try:
+
+    def body() -> None:
         gen = build(a.size, a.frames, a.res, device, dtype)
         res["params_M"] = {
             "unet": sum(p.numel() for p in gen.unet.parameters()) / 1e6,
@@ -277,13 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         res["dpo"] = []
         for p in a.dpo_pairs:
             for mode in ("lora",) + (() if a.skip_full else ("full",)):
-                g = build(a.size, a.frames, a.res, device, dtype)  # a fresh UNet per setting
-                del gen
-                gen = g
+                del gen  # free the previous setting's model (and its optimizer state) first
+                gen = build(a.size, a.frames, a.res, device, dtype)  # a fresh UNet per setting
                 try:
                     r = bench_dpo(gen, mode, p, a.lora_rank, device, dtype)
                 except RuntimeError as e:
-                    if not _oom(e):
+                    if not is_oom(e):
                         raise
                     r = {"mode": mode, "pairs_per_step": p, "oom": str(e)[:300]}
                 res["dpo"].append(r)
@@ -291,14 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_json(a.out, res)
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    except Exception as e:  # keep what was measured
-        res["error"] = traceback.format_exc()[-2000:]
-        atomic_write_json(a.out, res)
-        log.error("%s", e)
-        return 1
-    atomic_write_json(a.out, res)
-    log.info("wrote %s", a.out)
-    return 0
+
+    return write_result(a.out, res, body)
 
 
 if __name__ == "__main__":
