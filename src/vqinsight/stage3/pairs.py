@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import math
 import random
@@ -72,6 +71,7 @@ import numpy as np
 import polars as pl
 
 from ..data.manifest import to_frame, validate_manifest
+from ..jsonl import dumps as jsonl_dumps
 from ..jsonl import iter_objects
 from ..provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, write_meta
 
@@ -640,10 +640,6 @@ def _write_parquet(path: Path, df: pl.DataFrame) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
-
-
 def _load_predictions(path: Path) -> dict[str, Mapping[str, Any]]:
     from ..judge import load_predictions
 
@@ -688,7 +684,7 @@ def cmd_select(a: argparse.Namespace) -> int:
     if extra:
         log.warning("%s: %d prediction(s) are not pairs of the index and are ignored", a.predictions, extra)
     summary["n_extra_records"] = extra
-    atomic_write_text(a.out, _jsonl(lines))
+    atomic_write_text(a.out, jsonl_dumps(lines))
     atomic_write_json(a.summary, summary)
     write_meta(a.out.with_suffix(".meta.json"), _config(a), prompts=len(lines))
     log.info(

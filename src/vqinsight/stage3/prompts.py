@@ -13,7 +13,6 @@ sample_id with "/" replaced, so it can name a directory.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonl import dumps as jsonl_dumps
 from ..provenance import atomic_write_text, write_meta
 
 log = logging.getLogger("vqinsight.stage3.prompts")
@@ -57,10 +57,6 @@ def select_prompts(rows: list[tuple[str, str]], n_train: int, n_heldout: int, se
     )
 
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", required=True, type=Path, help="prompt manifest (task 'prompt'), e.g. VidProM")
@@ -82,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         log.error("%s: %s", a.manifest, e)
         return 2
-    atomic_write_text(a.train, _jsonl(train))
-    atomic_write_text(a.heldout, _jsonl(heldout))
+    atomic_write_text(a.train, jsonl_dumps(train))
+    atomic_write_text(a.heldout, jsonl_dumps(heldout))
     write_meta(a.train.with_name(a.train.stem + ".meta.json"), {k: str(v) for k, v in vars(a).items()})
     log.info("wrote %d train and %d held-out prompts", len(train), len(heldout))
     return 0

@@ -428,9 +428,10 @@ def cmd_prompts(a: argparse.Namespace) -> int:
     if full_info is None:
         full_info = Path(_import_vbench().__file__).resolve().parent / "VBench_full_info.json"
     rows = standard_prompts(full_info)
+    from ..jsonl import dumps as jsonl_dumps
     from ..provenance import atomic_write_text
 
-    atomic_write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(a.out, jsonl_dumps(rows))
     log.info("wrote %d VBench standard prompts from %s to %s", len(rows), full_info, a.out)
     return 0
 
