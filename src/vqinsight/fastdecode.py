@@ -155,8 +155,8 @@ class StaticDecoder:
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self._sampling
-        if cfg["suppress"] is not None:
-            logits = logits.index_fill(1, cfg["suppress"], float("-inf"))
+        if cfg["suppress"]:
+            logits = logits.index_fill(1, self._suppress_ids, float("-inf"))
         if not cfg["do_sample"]:
             return logits.argmax(dim=-1)
         logits = logits / cfg["temperature"]
@@ -173,8 +173,8 @@ class StaticDecoder:
     def _emit(self, s: _State, nxt: torch.Tensor) -> None:
         eos = self._sampling["eos"]
         if eos is not None:
-            nxt = torch.where(s.done, torch.full_like(nxt, eos), nxt)
-            s.done |= nxt == eos
+            nxt = torch.where(s.done, torch.full_like(nxt, eos[0]), nxt)
+            s.done |= torch.isin(nxt, self._eos_ids)
         s.out.index_copy_(1, s.ctr, nxt[:, None])
         s.tok.copy_(nxt)
 
@@ -244,12 +244,13 @@ class StaticDecoder:
         do_sample: bool = True,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        eos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
         suppress_token_ids: list[int] | None = None,
         num_return_sequences: int = 1,
     ) -> torch.Tensor:
         """New tokens (B * num_return_sequences, max_new_tokens), the copies of a prompt adjacent; after a row's eos
-        the row holds eos. ``enc`` must be left-padded (or unpadded), as transformers' processors do for generation.
+        the row holds eos (the first id when ``eos_token_id`` is a list, any of which ends a row). ``enc`` must be
+        left-padded (or unpadded), as transformers' processors do for generation.
 
         With num_return_sequences = G (GRPO's group), each prompt is prefilled ONCE and its cache copied G times
         (prefix sharing); transformers' generate() prefills every copy."""
@@ -262,15 +263,18 @@ class StaticDecoder:
             am = torch.ones_like(ids)
         if bool((am[:, -1] == 0).any()):
             raise ValueError("the prompt batch is right-padded; use left padding for generation")
-        suppress = None
-        if suppress_token_ids:
-            suppress = torch.tensor(sorted(set(suppress_token_ids)), dtype=torch.long, device=self.device)
+        suppress = tuple(sorted({int(t) for t in suppress_token_ids or ()}))
+        if isinstance(eos_token_id, int):
+            eos_token_id = [eos_token_id]
+        eos_ids = tuple(int(t) for t in eos_token_id) if eos_token_id else None
         sampling = {"do_sample": do_sample, "temperature": float(temperature), "top_p": float(top_p),
-                    "eos": eos_token_id, "suppress": suppress}  # fmt: skip
+                    "eos": eos_ids, "suppress": suppress}  # fmt: skip
         if sampling != self._sampling:
             for st in self._states.values():
-                st.graph = None  # the captured step bakes the sampling settings in
+                st.graph = None  # the captured step bakes the sampling settings (and these tensors) in
             self._sampling = sampling
+            self._eos_ids = torch.tensor(eos_ids or (), dtype=torch.long, device=self.device)
+            self._suppress_ids = torch.tensor(suppress, dtype=torch.long, device=self.device)
 
         t0 = self._clock()
         if num_return_sequences < 1:
@@ -305,20 +309,81 @@ class StaticDecoder:
         s.ctr.fill_(1)
         if self.use_cuda_graph and s.graph is None and max_new_tokens > 1:
             self._capture(s)
-        eos = eos_token_id is not None
         for i in range(1, max_new_tokens):
             if s.graph is not None:
                 s.graph.replay()
             else:
                 self._step(s)
-            if eos and i % self.check_every == 0 and bool(s.done.all()):
-                s.out[:, i + 1 :] = eos_token_id
+            if eos_ids and i % self.check_every == 0 and bool(s.done.all()):
+                s.out[:, i + 1 :] = eos_ids[0]
                 break
         out = s.out.clone()
         if self.timing:
             t2 = self._clock()
             self.last_timing = {"prefill_s": t1 - t0, "decode_s": t2 - t1}
         return out
+
+    @torch.no_grad()
+    def score(
+        self, enc: dict[str, Any], continuations: list[list[list[int]]], scored: list[list[int]]
+    ) -> torch.Tensor:
+        """Summed log-probabilities (B, C) of C token continuations per prompt, by teacher forcing after ONE prefill.
+
+        ``continuations[b][c]`` follows prompt b (``enc``, left-padded); only its last ``scored[b][c]`` tokens are
+        summed (the leading ones are context). Each continuation is fed token by token through the static cache,
+        which is rewound to the prompt for the next one: the prompt (the long multimodal part) is processed once
+        instead of once per continuation.
+        """
+        ids, am = enc["input_ids"], enc.get("attention_mask")
+        if am is None:
+            am = torch.ones_like(ids)
+        if bool((am[:, -1] == 0).any()):
+            raise ValueError("the prompt batch is right-padded; use left padding")
+        b, length = ids.shape
+        if len(continuations) != b or len(scored) != b:
+            raise ValueError(f"{len(continuations)} continuation lists / {len(scored)} counts for {b} prompts")
+        n_cont = {len(c) for c in continuations}
+        if len(n_cont) != 1:
+            raise ValueError("every prompt needs the same number of continuations")
+        c = n_cont.pop()
+        for row, counts in zip(continuations, scored, strict=True):
+            for toks, k in zip(row, counts, strict=True):
+                if not 1 <= k <= len(toks):
+                    raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
+        longest = max(len(t) for row in continuations for t in row)
+        logits0, cache, deltas = self.prefill(enc)
+        s = self._state(b, length + longest, 1)
+        for i, layer_cache in enumerate(cache.layers):
+            s.k[i][:, :, :length].copy_(layer_cache.keys)
+            s.v[i][:, :, :length].copy_(layer_cache.values)
+        del cache
+        logp0 = torch.log_softmax(logits0, dim=-1)
+        start_pos = am.sum(dim=1) + deltas[:, 0].to(torch.long)
+        totals = torch.zeros(b, c, dtype=torch.float32, device=self.device)
+        for j in range(c):
+            seqs = [row[j] for row in continuations]
+            n = max(len(t) for t in seqs)
+            tok = torch.zeros(b, n, dtype=torch.long)
+            weight = torch.zeros(b, n, dtype=torch.float32)
+            for r, t in enumerate(seqs):
+                tok[r, : len(t)] = torch.tensor(t)
+                weight[r, len(t) - scored[r][j] : len(t)] = 1.0
+            tok, weight = tok.to(self.device), weight.to(self.device)
+            s.mask.zero_()
+            s.mask[:, :length] = am.bool()
+            s.pos.copy_(start_pos)
+            s.widx.fill_(length)
+            logp = logp0
+            for t in range(n):
+                totals[:, j] += weight[:, t] * logp.gather(1, tok[:, t : t + 1])[:, 0]
+                if t == n - 1:
+                    break
+                s.tok.copy_(tok[:, t])
+                s.mask.index_fill_(1, s.widx, True)
+                logp = torch.log_softmax(self._forward(s), dim=-1)
+                s.pos += 1
+                s.widx += 1
+        return totals
 
     def _clock(self) -> float:
         import time

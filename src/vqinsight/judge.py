@@ -206,6 +206,76 @@ def answer_prefix(completion: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- model side
+ENGINES = ("hf", "static")
+_PAD_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
+_PAD_RE = re.compile(r"<\|(image|video)_pad\|>")
+
+
+@dataclass
+class MediaEntry:
+    """One image or video, processed once: its placeholder count, grid, time step and vision-tower features."""
+
+    kind: str  # "image" or "video"
+    n_tokens: int  # placeholder tokens the processor expands it to
+    grid: Any  # (1, 3) long tensor (t, h, w)
+    second_per_grid: float | None
+    features: Any  # (n_tokens, hidden) tensor on the model's device
+
+
+class VisionCache:
+    """Processor output and vision-tower features per media item, computed once and reused (issue 7, judging).
+
+    A comparison manifest names each video in many rows (stage 3 judges all C(N, 2) pairs of a prompt's N videos,
+    in both orders): the per-pair path decodes, resizes, normalises and encodes every video 2(N−1) times. Here each
+    (path, media type) is processed by the processor alone (a prompt that is just its vision block) and encoded by
+    the vision tower once; prompts are then tokenised as text with the placeholders expanded to the cached counts, and
+    the features are handed to the model as transformers' ``mm_encoder_outputs``. Least recently used entries are
+    dropped beyond ``max_items`` (7B: ≈ 15 MB per 16-frame 448×448 video).
+    """
+
+    def __init__(self, model: Any, processor: Any, max_items: int = 64) -> None:
+        from collections import OrderedDict
+
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        self.model, self.processor, self.max_items = model, processor, int(max_items)
+        self.entries: OrderedDict[tuple[str, str], MediaEntry] = OrderedDict()
+        self.device = next(model.parameters()).device
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, str], kind: str, load) -> MediaEntry:
+        """The entry of ``key`` (``load()`` gives the decoded media on a miss)."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        import torch
+
+        self.misses += 1
+        block = f"<|vision_start|>{_PAD_TOKENS[kind]}<|vision_end|>"
+        media = load()
+        enc = self.processor(
+            text=[block], **({"images": [media]} if kind == "image" else {"videos": [media]}), return_tensors="pt"
+        )
+        pad_id = self.processor.tokenizer.convert_tokens_to_ids(_PAD_TOKENS[kind])
+        n_tokens = int((enc["input_ids"] == pad_id).sum())
+        pix, grid = (
+            ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        )
+        get = self.model.model.get_image_features if kind == "image" else self.model.model.get_video_features
+        with torch.no_grad():
+            out = get(enc[pix].to(self.device), enc[grid].to(self.device), return_dict=True)
+        features = out.pooler_output[0]
+        if features.shape[0] != n_tokens:
+            raise RuntimeError(f"{key[0]}: {features.shape[0]} vision features for {n_tokens} placeholder tokens")
+        spg = enc.get("second_per_grid_ts") if kind == "video" else None
+        spg = float(spg[0]) if spg is not None and len(spg) else None
+        entry = MediaEntry(kind, n_tokens, enc[grid], spg, features)
+        self.entries[key] = entry
+        while len(self.entries) > self.max_items:
+            self.entries.popitem(last=False)
+        return entry
 
 
 class Judge:
@@ -221,17 +291,31 @@ class Judge:
         style: str = "full",
         scale: tuple[float, float] = (1.0, 5.0),
         max_new_tokens: int = 256,
+        engine: str = "hf",
+        cache_items: int = 64,
     ) -> None:
         from .models.load import vision_token_ids
 
         if fmt not in FORMATS:
             raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
         self.model, self.processor, self.loader = model, processor, loader
         self.fmt, self.style, self.scale, self.max_new_tokens = fmt, style, scale, max_new_tokens
         self.suppress = vision_token_ids(model)
         self.device = next(model.parameters()).device
+        self.engine = engine
+        # engine "static": vision features once per media item (VisionCache) and fastdecode.StaticDecoder decoding
+        self.vision = VisionCache(model, processor, cache_items) if engine == "static" else None
+        self.decoder = None
+        if engine == "static":
+            from .fastdecode import StaticDecoder
+
+            self.decoder = StaticDecoder(model)
 
     def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        if self.vision is not None:
+            return self._encode_cached(rows, suffixes)
         texts, images, videos = [], [], []
         for i, r in enumerate(rows):
             media = [self.loader(m, r["media_type"]) for m in r["media"]]
@@ -248,11 +332,74 @@ class Judge:
         )
         return enc.to(self.device), texts
 
+    def _encode_cached(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        """Model inputs like ``_encode``'s, from the VisionCache: text tokenised alone, features precomputed."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        texts: list[str] = []
+        order: list[MediaEntry] = []  # media in prompt order over the batch
+        for i, r in enumerate(rows):
+            kind = "image" if r["media_type"] == "image" else "video"
+            entries = [
+                self.vision.get((m, r["media_type"]), kind, lambda m=m, r=r: self.loader(m, r["media_type"]))
+                for m in r["media"]
+            ]
+            msgs = messages(r, list(r["media"]), self.fmt, self.style, self.scale)
+            text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            pending = iter(entries)
+
+            def expand_pad(match: re.Match, pending=pending, row=r) -> str:
+                entry = next(pending, None)
+                if entry is None or entry.kind != match.group(1):
+                    raise ValueError(f"{row.get('sample_id')}: prompt placeholders do not match the row's media")
+                order.append(entry)
+                return _PAD_TOKENS[entry.kind] * entry.n_tokens
+
+            texts.append(_PAD_RE.sub(expand_pad, text) + (suffixes[i] if suffixes else ""))
+        enc = dict(self.processor.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
+        ids = enc["input_ids"]
+        image_id, video_id = (
+            self.processor.tokenizer.convert_tokens_to_ids(_PAD_TOKENS[k]) for k in ("image", "video")
+        )
+        enc["mm_token_type_ids"] = (ids == image_id).long() + 2 * (ids == video_id).long()
+        outputs = {}
+        for kind, grid_key in (("image", "image_grid_thw"), ("video", "video_grid_thw")):
+            items = [e for e in order if e.kind == kind]
+            if not items:
+                continue
+            enc[grid_key] = torch.cat([e.grid for e in items])
+            outputs[kind] = BaseModelOutputWithPooling(pooler_output=tuple(e.features for e in items))
+            if kind == "video" and all(e.second_per_grid is not None for e in items):
+                enc["second_per_grid_ts"] = torch.tensor([e.second_per_grid for e in items])
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        if outputs:
+            enc["mm_encoder_outputs"] = outputs
+        return enc, texts
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.processor.tokenizer.eos_token_id
+        return [int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])] if eos is not None else []
+
     def generate(self, rows: list[dict[str, Any]], *, sample: bool = False, k: int = 1, temperature: float = 1.0):
         """Completions (k per row when sampling) for rows, decoded without special tokens."""
         import torch
 
         enc, _ = self._encode(rows)
+        if self.decoder is not None:
+            new = self.decoder.generate(
+                enc,
+                self.max_new_tokens,
+                do_sample=sample,
+                temperature=temperature,
+                eos_token_id=self._eos_ids() or None,
+                suppress_token_ids=self.suppress,
+                num_return_sequences=k if sample else 1,
+            )
+            texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            return [texts[i * k : (i + 1) * k] for i in range(len(rows))] if sample else texts
         kw: dict[str, Any] = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
         if sample:
             kw.update(temperature=temperature, num_return_sequences=k, top_p=1.0, top_k=0)
@@ -264,6 +411,9 @@ class Judge:
     def candidate_probs(self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]):
         """Probabilities (n, len(verdicts)) of each verdict's answer strings after each row's prefix, normalised."""
         import torch
+
+        if self.decoder is not None:
+            return self._candidate_probs_shared(rows, prefixes, verdicts)
 
         tok = self.processor.tokenizer
         strings = [s for group in verdicts.values() for s in group]
@@ -283,6 +433,63 @@ class Judge:
         ids = enc["input_ids"][:, 1:]
         tok_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (N, L-1): log p of token t+1 at position t
         total = torch.stack([tok_lp[i, -lengths[i] :].sum() for i in range(n * c)]).view(n, c)
+        per_verdict, k = [], 0
+        for group in verdicts.values():
+            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
+            k += len(group)
+        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).cpu().numpy()
+
+    def _candidate_probs_shared(
+        self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]
+    ):
+        """``candidate_probs`` with the prompt prefilled once per row (StaticDecoder.score), not once per string.
+
+        The token sequences are the per-string path's (each text tokenised whole); the rows' strings share the
+        longest common token prefix, which is prefilled once, and each string's remaining tokens are teacher-forced
+        from the cache. Scored tokens are the same as in ``candidate_probs``."""
+        import torch
+
+        tok = self.processor.tokenizer
+        strings = [s for group in verdicts.values() for s in group]
+        n, c = len(rows), len(strings)
+        texts = []
+        full, _ = self._encode([r for r in rows for _ in strings], [p + s for p in prefixes for s in strings])
+        ids, am = full["input_ids"].cpu(), full["attention_mask"].cpu().bool()
+        seqs = [ids[i][am[i]].tolist() for i in range(n * c)]
+        texts = [p + s for p in prefixes for s in strings]
+        lengths = []
+        for t, s in zip(texts, strings * n, strict=True):
+            whole = len(tok(t, add_special_tokens=False)["input_ids"])
+            head = len(tok(t[: len(t) - len(s)], add_special_tokens=False)["input_ids"])
+            lengths.append(max(1, whole - head))
+        commons, conts, scored = [], [], []
+        for r in range(n):
+            group, counts = seqs[r * c : (r + 1) * c], lengths[r * c : (r + 1) * c]
+            cp = min(len(g) - k for g, k in zip(group, counts, strict=True))
+            for g in group[1:]:
+                same = 0
+                while same < min(cp, len(g)) and g[same] == group[0][same]:
+                    same += 1
+                cp = same
+            cp = max(cp, 1)
+            commons.append(group[0][:cp])
+            conts.append([g[cp:] for g in group])
+            scored.append(counts)
+        width = max(len(x) for x in commons)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, x in enumerate(commons):
+            input_ids[r, width - len(x) :] = torch.tensor(x)
+            mask[r, width - len(x) :] = 1
+        base, _ = self._encode(rows, prefixes)  # the rows' media (grids, features) in prompt order
+        image_id, video_id = (tok.convert_tokens_to_ids(_PAD_TOKENS[k]) for k in ("image", "video"))
+        inputs = {k: v for k, v in base.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        inputs["input_ids"], inputs["attention_mask"] = input_ids.to(self.device), mask.to(self.device)
+        inputs["mm_token_type_ids"] = ((input_ids == image_id).long() + 2 * (input_ids == video_id).long()).to(
+            self.device
+        )
+        total = self.decoder.score(inputs, conts, scored).float()
         per_verdict, k = [], 0
         for group in verdicts.values():
             per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
@@ -403,6 +610,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--style", default="full", choices=("full", "short"), help="vqinsight prompt style")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="static",
+        help="static: vision features once per media item + fastdecode.StaticDecoder (default); hf: per-row "
+        "processor + transformers generate()",
+    )
+    ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
     ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
     ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -467,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             style=a.style,
             scale=scale,
             max_new_tokens=a.max_new_tokens,
+            engine=a.engine,
+            cache_items=a.vision_cache,
         )
         with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
             for s in range(0, len(todo), a.batch_size):

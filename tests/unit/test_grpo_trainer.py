@@ -117,7 +117,16 @@ def make_trainer(
     tiny_dir: Path, tmp_path: Path, indices: list[int], reward_funcs: list | None = None, **kw: Any
 ) -> VideoGRPOTrainer:
     """A VideoGRPOTrainer on rows ``indices``; GRPOConfig overrides and trainer kwargs both come in ``kw``."""
-    trainer_keys = ("temporal", "temporal_rollouts", "alpha", "mu", "strict", "score_tolerance")
+    trainer_keys = (
+        "temporal",
+        "temporal_rollouts",
+        "alpha",
+        "mu",
+        "strict",
+        "score_tolerance",
+        "outside_answer_weight",
+        "rollout_engine",
+    )
     trainer_kw = {k: kw.pop(k) for k in trainer_keys if k in kw}
     cfg = {
         "output_dir": str(tmp_path / "out"),
@@ -411,3 +420,108 @@ def test_length_reward_only_for_correct_in_range_completions() -> None:
     assert inclusive(completions, completion_ids=ids, **columns)[1] == pytest.approx(0.1)
     with pytest.raises(ValueError):
         make_length_reward(gamma=0.1, l_min=6, l_max=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 7: the static rollout engine; answer-token weighting; both orders
+# ---------------------------------------------------------------------------------------------------------------
+def test_static_rollout_engine_trains_a_mixed_batch(tiny_dir: Path, tmp_path: Path) -> None:
+    """Ordered and shuffled rollouts through fastdecode.StaticDecoder, the vision tower still trains, and the
+    decoder really served the rollouts (transformers generate() is never called)."""
+    trainer = make_trainer(
+        tiny_dir,
+        tmp_path,
+        list(range(len(ROWS))),
+        per_device_train_batch_size=8,
+        num_generations=2,
+        temporal=True,
+        rollout_engine="static",
+    )
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    calls = {"hf": 0}
+    original = type(model).generate
+
+    def counting(self, *args: Any, **kwargs: Any) -> Any:
+        calls["hf"] += 1
+        return original(self, *args, **kwargs)
+
+    type(model).generate = counting  # type: ignore[method-assign]
+    try:
+        changed, total, logs = train_and_count_changed(trainer)
+    finally:
+        type(model).generate = original  # type: ignore[method-assign]
+    assert calls["hf"] == 0 and trainer._decoder is not None
+    assert changed >= total - 1
+    assert "temporal/acc_shuffled" in logs and logs["completions/mean_length"] > 0
+    assert "generate" not in vars(model)  # the instance patch is removed after each call
+
+
+def test_static_rollout_engine_refuses_unsupported_sampling(tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="temperature and top_p sampling only"):
+        make_trainer(tiny_dir, tmp_path, [0], rollout_engine="static", top_k=5)
+    with pytest.raises(ValueError, match="rollout_engine must be"):
+        make_trainer(tiny_dir, tmp_path, [0], rollout_engine="vllm")
+
+
+def test_answer_token_weights_cover_the_answer_content_only() -> None:
+    from vqinsight.grpo.trainer import answer_token_weights
+    from vqinsight.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    texts = ["<think>ok</think><answer>Video B</answer>", "<think>no answer block", "<answer>A</answer>"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    pad = tok.pad_token_id
+    completion_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    w = answer_token_weights(tok, completion_ids, mask, 0.25)
+    for row, text in enumerate(texts):
+        pieces = [tok.decode([t]) for t in ids[row]]
+        inside = "".join(p for p, x in zip(pieces, w[row, : len(ids[row])].tolist(), strict=True) if x == 1.0)
+        if "</answer>" in text:
+            assert inside == text.split("<answer>")[1].split("</answer>")[0]
+            assert set(w[row, : len(ids[row])].tolist()) == {0.25, 1.0}
+        else:
+            assert w[row, : len(ids[row])].tolist() == [1.0] * len(ids[row])  # malformed: plain GRPO
+        assert w[row, len(ids[row]) :].tolist() == [0.0] * (width - len(ids[row]))
+
+
+def test_outside_answer_weight_reaches_trl_loss_as_per_token_advantages(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below 1, TRL's loss gets (B, T) advantages = sequence advantage x token weight; at 1 it gets TRL's own (B,)."""
+    import vqinsight.grpo.trainer as T
+
+    seen: dict[float, list] = {}
+    for w in (1.0, 0.5):
+        trainer = make_trainer(tiny_dir, tmp_path / str(w), [1, 0], per_device_train_batch_size=8, beta=0.0,
+                               outside_answer_weight=w)  # fmt: skip
+        seen[w] = []
+        original = trainer._compute_loss
+
+        def capture(model: Any, inputs: dict, original=original, w=w) -> Any:
+            seen[w].append((inputs["advantages"].clone(), inputs["completion_mask"].clone()))
+            return original(model, inputs)
+
+        monkeypatch.setattr(trainer, "_compute_loss", capture)
+        monkeypatch.setattr(T, "answer_token_weights", lambda proc, ids, mask, outside: mask.float() * outside)
+        trainer.train()
+    (adv1, _), (adv2, mask2) = seen[1.0][0], seen[0.5][0]
+    assert adv1.dim() == 1 and adv2.dim() == 2
+    assert adv1.abs().sum() > 0  # same seed, same rollouts: the weighted run's advantages are 0.5 x TRL's
+    assert torch.allclose(adv2, 0.5 * adv1.unsqueeze(1) * mask2.float())
+    with pytest.raises(ValueError, match="outside_answer_weight"):
+        make_trainer(tiny_dir, tmp_path, [0], outside_answer_weight=1.5)
+
+
+def test_with_both_orders_balances_labels() -> None:
+    from vqinsight.grpo.train import with_both_orders
+
+    rows = [
+        {"sample_id": "p0", "task": "comparison", "media": ["a", "b"], "gt_choice": "A"},
+        {"sample_id": "s0", "task": "video_score", "media": ["c"], "gt_score": 3.0},
+    ]
+    out = with_both_orders(rows)
+    assert [r["sample_id"] for r in out] == ["p0", "p0|BA", "s0"]
+    assert out[1]["media"] == ["b", "a"] and out[1]["gt_choice"] == "B"
+    assert rows[0]["media"] == ["a", "b"]  # the input is left as it was

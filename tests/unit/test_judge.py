@@ -333,3 +333,39 @@ def test_prompt_formats(fmt: str, task: str, n_video_parts: int, needle: str) ->
     assert needle in " ".join(p.get("text", "") for p in parts)
     with pytest.raises(ValueError, match="no vqa prompt"):
         J.messages({**row, "task": "vqa"}, ["v1"], fmt if fmt != "vqinsight" else "release", "full", (1.0, 5.0))
+
+
+def test_static_engine_reuses_vision_features_and_equals_the_hf_engine(world) -> None:
+    """Engine "static" (VisionCache + StaticDecoder): same model inputs, completions and margins as the per-pair
+    transformers path, with each video processed and encoded once across pairs and both orders."""
+    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.models.load import load_model_and_processor
+
+    model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
+    loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
+    rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
+    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))  # 2 pairs x 2 orders over 3 videos
+    hf = J.Judge(model, proc, loader, style="short", max_new_tokens=12)
+    fast = J.Judge(model, proc, loader, style="short", max_new_tokens=12, engine="static", cache_items=8)
+    batch = [it.row for it in items]
+    ref, _ = hf._encode(batch)
+    got, _ = fast._encode(batch)
+    assert torch.equal(got["input_ids"], ref["input_ids"])
+    assert torch.equal(got["attention_mask"], ref["attention_mask"])
+    assert torch.equal(got["mm_token_type_ids"].long(), ref["mm_token_type_ids"].long())
+    assert torch.equal(got["video_grid_thw"], ref["video_grid_thw"])
+    assert torch.allclose(got["second_per_grid_ts"].float(), torch.as_tensor(ref["second_per_grid_ts"]).float())
+    assert "pixel_values_videos" not in got and "mm_encoder_outputs" in got
+    assert (fast.vision.misses, fast.vision.hits) == (3, 5)  # 8 video slots, 3 distinct videos
+    with torch.no_grad():
+        a = model(**ref).logits
+        b = model(**got).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    want = hf.judge(items)
+    have = fast.judge(items)
+    assert [r["completion"] for r in have] == [r["completion"] for r in want]
+    for r, w in zip(have, want, strict=True):
+        assert r["p"] == pytest.approx(w["p"], abs=1e-5)
+    assert fast.vision.misses == 3  # nothing was encoded twice
+    with pytest.raises(ValueError, match="unknown engine"):
+        J.Judge(model, proc, loader, engine="vllm")

@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "decode": "vqinsight.bench.decode",
     "grpo_step": "vqinsight.bench.grpo_step",
     "t2v": "vqinsight.bench.t2v",
+    "judge": "vqinsight.bench.judge",
 }
 
 

@@ -48,6 +48,12 @@ class Recipe:
     temporal: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     limit: int | None = None
     eval: dict[str, Any] = field(default_factory=dict)
+    #: policy-gradient weight of completion tokens outside <answer>...</answer> (1.0 = standard GRPO, the paper)
+    outside_answer_weight: float = 1.0
+    #: train every comparison pair in both orders, (A, B) and (B, A) with the label swapped (false = the paper)
+    comparison_both_orders: bool = False
+    #: rollout generation: "hf" (transformers generate()) or "static" (vqinsight.fastdecode.StaticDecoder)
+    rollout_engine: str = "hf"
 
     def __post_init__(self) -> None:
         if self.prompt_style not in ("full", "short"):
@@ -64,6 +70,20 @@ class Recipe:
         """The recipe file, with `override` (nested keys, e.g. an ablation's) deep-merged on top."""
         data = deep_merge(yaml.safe_load(Path(path).read_text()) or {}, override or {})
         return recipe_from_mapping(cls, data, path)
+
+
+def with_both_orders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every comparison also in the swapped order (videos exchanged, label flipped), each copy right
+    after its original; the copy's sample_id ends in ``|BA``. Balances the A/B labels exactly, so a constant answer
+    earns no choice reward on average."""
+    from ..judge import swapped
+
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        out.append(r)
+        if r.get("task") == "comparison":
+            out.append({**swapped(r), "sample_id": f"{r['sample_id']}|BA"})
+    return out
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loader = MediaLoader(media_spec(a))
     rows = to_records(select_rows(a.manifests, a.tasks, a.split, limit=recipe.limit, seed=a.seed))
+    if recipe.comparison_both_orders:
+        rows = with_both_orders(rows)
     dataset = build_dataset(rows, loader, recipe.prompt_style, scale)
     funcs, weights = build_reward_funcs({**recipe.rewards, "score_min": scale[0], "score_max": scale[1]})
 
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         mu=t.get("mu", 0.8),
         strict=t.get("strict", True),
         score_tolerance=t.get("score_tolerance", 0.5),
+        outside_answer_weight=recipe.outside_answer_weight,
+        rollout_engine=recipe.rollout_engine,
     )
     resume = latest_checkpoint(a.checkpoint_dir)
     if resume is not None:

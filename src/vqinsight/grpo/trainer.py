@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,47 @@ def split_media_per_row(fields: Mapping[str, Any], counts: Sequence[tuple[int, i
     return rows
 
 
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+_ANSWER_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
+
+
+def answer_span_chars(text: str) -> tuple[int, int] | None:
+    """Character span of the last ``<answer>`` block's content, or None without a closed answer block."""
+    opens = list(_ANSWER_OPEN.finditer(text))
+    if not opens:
+        return None
+    start = opens[-1].end()
+    close = _ANSWER_CLOSE.search(text, start)
+    return (start, close.start()) if close else None
+
+
+def answer_token_weights(
+    processing_class: Any, completion_ids: torch.Tensor, completion_mask: torch.Tensor, outside: float
+) -> torch.Tensor:
+    """(B, T) policy-gradient weights: 1 on tokens overlapping the answer content, ``outside`` elsewhere.
+
+    Token character spans come from decoding each token on its own (exact for byte-level and BPE vocabularies on
+    ASCII text). A row without a closed ``<answer>`` block gets 1 everywhere; padding gets 0 (it is masked anyway).
+    """
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    weights = torch.ones(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
+    for b, (ids, mask) in enumerate(zip(completion_ids.tolist(), completion_mask.tolist(), strict=True)):
+        n = int(sum(mask))
+        pieces = [tokenizer.decode([t], skip_special_tokens=False) for t in ids[:n]]
+        span = answer_span_chars("".join(pieces))
+        if span is None:
+            continue
+        row = [outside] * len(ids)
+        pos = 0
+        for t, piece in enumerate(pieces):
+            end = pos + len(piece)
+            if end > span[0] and pos < span[1]:
+                row[t] = 1.0
+            pos = end
+        weights[b] = torch.tensor(row, dtype=torch.float32)
+    return weights * completion_mask.to(weights.dtype)
+
+
 @dataclass
 class TemporalRows:
     """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (correct, total)."""
@@ -194,6 +236,15 @@ class VideoGRPOTrainer(GRPOTrainer):
     * ``temporal_rollouts``: shuffled-frame rollouts per prompt (default ``G // 2``, the official code).
     * ``alpha`` / ``mu``: bonus and ratio of Eq. 4 (0.3 / 0.8); ``strict``: ``>`` (paper) or ``>=`` (official code).
     * ``score_tolerance``: a score answer is correct when within this many scale units (``rewards.is_correct``).
+    * ``outside_answer_weight``: weight of the policy-gradient term on completion tokens outside the
+      ``<answer>…</answer>`` content (1.0, the default, is standard GRPO, as in the paper). Below 1 the sequence's
+      advantage is concentrated on the tokens that carry the verdict; the KL term and the loss normaliser are left
+      as they are, so with ``beta > 0`` the reasoning/format tokens are still held to the reference model.
+      Completions without an answer block keep weight 1 everywhere (format failures are penalised as usual).
+    * ``rollout_engine``: ``"hf"`` (transformers ``generate()``, TRL's path) or ``"static"``
+      (``vqinsight.fastdecode.StaticDecoder``: static KV cache, device-side sampling, CUDA graph on GPU; ordered and
+      shuffled rollouts). It reads the live weights (LoRA adapters included), so nothing is copied after an update;
+      under DeepSpeed ZeRO-3 a fresh decoder is built per call, as the gathered weights move between calls.
 
     Correctness uses the row's ``task`` column and its ground-truth columns (``gt_score``, ``gt_scores``,
     ``gt_choice``). Logged each step: ``temporal/acc_ordered`` and ``temporal/acc_shuffled`` (mean over video groups),
@@ -210,9 +261,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         mu: float = 0.8,
         strict: bool = True,
         score_tolerance: float = 0.5,
+        outside_answer_weight: float = 1.0,
+        rollout_engine: str = "hf",
         **kwargs: Any,
     ) -> None:
-        for name, value in (("alpha", alpha), ("mu", mu), ("score_tolerance", score_tolerance)):
+        for name, value in (
+            ("alpha", alpha),
+            ("mu", mu),
+            ("score_tolerance", score_tolerance),
+            ("outside_answer_weight", outside_answer_weight),
+        ):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         super().__init__(*args, **kwargs)
@@ -223,6 +281,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.temporal and (not isinstance(self.temporal_rollouts, int) or self.temporal_rollouts < 1):
             raise ValueError(f"temporal_rollouts must be an integer >= 1, got {self.temporal_rollouts!r}")
         self.alpha, self.mu, self.strict, self.score_tolerance = float(alpha), float(mu), bool(strict), score_tolerance
+        if outside_answer_weight > 1:
+            raise ValueError(f"outside_answer_weight must be in [0, 1], got {outside_answer_weight!r}")
+        self.outside_answer_weight = float(outside_answer_weight)
+        if rollout_engine not in ("hf", "static"):
+            raise ValueError(f"rollout_engine must be 'hf' or 'static', got {rollout_engine!r}")
+        self.rollout_engine = rollout_engine
+        self._decoder: Any = None
+        if rollout_engine == "static":
+            self._check_static_engine()
         self._media_ctx: list[dict[str, Any]] | None = None  # per-row media of the forward being run
         self._capture_media = False  # set while TRL tokenizes the ordered prompts
         self._captured_media: list[dict[str, Any]] | None = None
@@ -275,6 +342,68 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._media_ctx = self._captured_media  # old / ref log-probs are computed inside super()
             images = None
         return prompt_ids, images, fields
+
+    # -- static rollout engine -------------------------------------------------------------------------------------
+    def _check_static_engine(self) -> None:
+        """Refuse generation settings the StaticDecoder does not implement (rather than silently ignoring them)."""
+        if getattr(self, "use_transformers_continuous_batching", False):
+            raise ValueError("rollout_engine 'static' replaces transformers generation; turn continuous batching off")
+        cfg = self.generation_config
+        unsupported = {
+            "top_k": (cfg.top_k, (None, 0)),
+            "min_p": (cfg.min_p, (None, 0.0)),
+            "repetition_penalty": (cfg.repetition_penalty, (None, 1.0)),
+            "num_beams": (cfg.num_beams, (None, 1)),
+        }
+        bad = {k: v for k, (v, ok) in unsupported.items() if v not in ok}
+        if bad:
+            raise ValueError(f"rollout_engine 'static' supports temperature and top_p sampling only; got {bad}")
+
+    def _static_decoder(self, model: Any) -> Any:
+        from vqinsight.fastdecode import StaticDecoder
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: layers keep LoRA
+        zero3 = (
+            getattr(self, "is_deepspeed_enabled", False)
+            and getattr(getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
+        )
+        if zero3:
+            return StaticDecoder(base)
+        if self._decoder is None or self._decoder.model is not base:
+            self._decoder = StaticDecoder(base)
+        return self._decoder
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's transformers path, with ``generate()`` served by the StaticDecoder when rollout_engine is static."""
+        if self.rollout_engine != "static":
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        model = self.accelerator.unwrap_model(self.model)
+        cfg = self.generation_config
+        trainer = self
+
+        def generate(input_ids=None, attention_mask=None, generation_config=None, **inputs):
+            g = generation_config or cfg
+            eos = g.eos_token_id if g.eos_token_id is not None else trainer.eos_token_ids
+            new = trainer._static_decoder(model).generate(
+                {"input_ids": input_ids, "attention_mask": attention_mask, **inputs},
+                int(g.max_new_tokens),
+                do_sample=bool(g.do_sample),
+                temperature=float(g.temperature or 1.0),
+                top_p=float(g.top_p if g.top_p is not None else 1.0),
+                eos_token_id=list(eos) if isinstance(eos, list | tuple) else eos,
+                suppress_token_ids=list(g.suppress_tokens or []),
+            )
+            return torch.cat([input_ids, new], dim=1)
+
+        model.generate = generate  # an instance attribute, removed below: TRL's path calls unwrapped.generate()
+        try:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        finally:
+            del model.generate
 
     def _generate_shuffled(self, prompts: list[list[dict[str, Any]]]) -> list[str]:
         """One completion text per prompt, sampled without touching TRL's completion metrics."""
@@ -424,6 +553,11 @@ class VideoGRPOTrainer(GRPOTrainer):
     ) -> torch.Tensor:
         """TRL's loss, with this micro-batch's per-row media available to the policy forward."""
         self._media_ctx = inputs.get(MEDIA_KEY)
+        if self.outside_answer_weight != 1.0 and inputs["advantages"].dim() == 1:
+            weights = answer_token_weights(
+                self.processing_class, inputs["completion_ids"], inputs["completion_mask"], self.outside_answer_weight
+            )
+            inputs = {**inputs, "advantages": inputs["advantages"].unsqueeze(1) * weights}
         try:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
