@@ -525,3 +525,46 @@ def test_with_both_orders_balances_labels() -> None:
     assert [r["sample_id"] for r in out] == ["p0", "p0|BA", "s0"]
     assert out[1]["media"] == ["b", "a"] and out[1]["gt_choice"] == "B"
     assert rows[0]["media"] == ["a", "b"]  # the input is left as it was
+
+
+def test_shared_vision_equals_per_row_vision_in_logprobs_and_gradients(tiny_dir: Path, tmp_path: Path) -> None:
+    """A group repeats its prompt: with share_vision the tower runs once per distinct video, and the log-probs and
+    the gradients (vision tower included) equal those of one tower call per row."""
+    from vqinsight.grpo.trainer import assign_media_keys
+
+    trainer = make_trainer(tiny_dir, tmp_path, [0])
+    proc, pad = trainer.processing_class, trainer._tokenizer.pad_token_id
+    group = [prompt_for(2, 0, 1)] * 3 + [prompt_for(1, 0, 3)] * 2  # a 2-video group of 3, a 1-video group of 2
+    fields = proc.apply_chat_template(group, add_generation_prompt=True, tokenize=True, return_dict=True)
+    media = split_media_per_row(fields, [count_media(p) for p in group])
+    assign_media_keys(media)
+    assert [m["video_keys"] for m in media] == [[0, 1]] * 3 + [[2]] * 2
+    completion = trainer._tokenizer.encode("<answer>3</answer>")
+    rows = [torch.tensor(ids + completion) for ids in fields["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.full((width - len(r),), pad), r]) for r in rows])
+    mask = (torch.arange(width) >= (width - torch.tensor([len(r) for r in rows])).unsqueeze(1)).long()
+    trainer.model.train()
+    trainer.model.double()  # float32 vision gradients of the random tiny model differ ~0.4% by summation order alone
+    visual = trainer.model.model.visual
+    calls = {"n": 0}
+    hook = visual.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    results = {}
+    try:
+        for share in (False, True):
+            trainer.share_vision, calls["n"] = share, 0
+            trainer.model.zero_grad()
+            trainer._media_ctx = media
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, len(completion))
+            logps.sum().backward()
+            grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            results[share] = (logps.detach(), grads, calls["n"])
+    finally:
+        hook.remove()
+        trainer._media_ctx = None
+    (lp0, g0, n0), (lp1, g1, n1) = results[False], results[True]
+    assert n0 == 1 and n1 == 3  # one batched call over 8 videos vs one call per distinct video
+    torch.testing.assert_close(lp1, lp0, atol=1e-9, rtol=1e-9)
+    assert g0.keys() == g1.keys() and any(k.startswith("model.visual") for k in g1)
+    errs = {k: float((g1[k] - g0[k]).norm() / g0[k].norm().clamp(min=1e-30)) for k in g0}
+    assert max(errs.values()) < 1e-6, max(errs.items(), key=lambda kv: kv[1])

@@ -215,6 +215,32 @@ def answer_token_weights(
     return weights * completion_mask.to(weights.dtype)
 
 
+def assign_media_keys(rows: list[dict[str, Any]]) -> None:
+    """Give every image / video of every row a content key (``image_keys`` / ``video_keys``, in grid order).
+
+    Items with equal grids and bit-identical pixel tensors share a key: a GRPO group repeats its prompt G times, so
+    its G rows hold G copies of the same media. The vision tower then runs once per key (``share_vision``).
+    """
+    reps: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    counter = 0
+    for row in rows:
+        for kind, (pix, grid) in (("image", _IMAGE_FIELDS), ("video", _VIDEO_FIELDS)):
+            if grid not in row:
+                continue
+            keys, offset = [], 0
+            for g in row[grid]:
+                n = int(g.prod())
+                item = row[pix][offset : offset + n]
+                offset += n
+                bucket = reps.setdefault((kind, tuple(int(x) for x in g)), [])
+                key = next((k for k, rep in bucket if torch.equal(rep, item)), None)
+                if key is None:
+                    key, counter = counter, counter + 1
+                    bucket.append((key, item))
+                keys.append(key)
+            row[f"{kind}_keys"] = keys
+
+
 @dataclass
 class TemporalRows:
     """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (correct, total)."""
@@ -241,6 +267,10 @@ class VideoGRPOTrainer(GRPOTrainer):
       advantage is concentrated on the tokens that carry the verdict; the KL term and the loss normaliser are left
       as they are, so with ``beta > 0`` the reasoning/format tokens are still held to the reference model.
       Completions without an answer block keep weight 1 everywhere (format failures are penalised as usual).
+    * ``share_vision`` (default on): in the log-prob and loss forwards the vision tower runs once per distinct image
+      / video of a forward (a group's G rows share their media), and a frozen tower's features (LoRA, or the
+      reference model) are kept for the whole generation batch; the features reach the model as transformers'
+      ``mm_encoder_outputs``. Gradients of a trained tower flow through the shared features.
     * ``rollout_engine``: ``"hf"`` (transformers ``generate()``, TRL's path) or ``"static"``
       (``vqinsight.fastdecode.StaticDecoder``: static KV cache, device-side sampling, CUDA graph on GPU; ordered and
       shuffled rollouts). It reads the live weights (LoRA adapters included), so nothing is copied after an update;
@@ -263,6 +293,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         score_tolerance: float = 0.5,
         outside_answer_weight: float = 1.0,
         rollout_engine: str = "hf",
+        share_vision: bool = True,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -287,6 +318,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if rollout_engine not in ("hf", "static"):
             raise ValueError(f"rollout_engine must be 'hf' or 'static', got {rollout_engine!r}")
         self.rollout_engine = rollout_engine
+        self.share_vision = bool(share_vision)
+        self._vision_cache: dict[tuple, torch.Tensor] = {}
         self._decoder: Any = None
         if rollout_engine == "static":
             self._check_static_engine()
@@ -339,6 +372,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self._capture_media:
             self._capture_media = False
             self._captured_media = split_media_per_row(fields, [count_media(p) for p in prompts])
+            if self.share_vision:
+                assign_media_keys(self._captured_media)
+            self._vision_cache = {}  # features of frozen vision towers, valid for this generation batch
             self._media_ctx = self._captured_media  # old / ref log-probs are computed inside super()
             images = None
         return prompt_ids, images, fields
@@ -578,6 +614,48 @@ class VideoGRPOTrainer(GRPOTrainer):
             out["second_per_grid_ts"] = torch.tensor(spg, device=input_ids.device)
         return out
 
+    def _shared_media_inputs(self, model: Any, media: Sequence[Mapping[str, Any]], input_ids: torch.Tensor):
+        """``_media_inputs`` with precomputed features: the vision tower runs once per media key (see share_vision)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        out = self._media_inputs([{k: v for k, v in r.items() if k not in ("pixel_values", "pixel_values_videos")}
+                                  for r in media], input_ids)  # fmt: skip
+        base = self.accelerator.unwrap_model(model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        inner = base.model
+        frozen = not any(p.requires_grad for p in inner.visual.parameters())
+        local: dict[tuple, torch.Tensor] = {}
+        outputs = {}
+        for kind, (pix, grid) in (("image", _IMAGE_FIELDS), ("video", _VIDEO_FIELDS)):
+            feats = []
+            for row in media:
+                if grid not in row:
+                    continue
+                offset = 0
+                for key, g in zip(row[f"{kind}_keys"], row[grid], strict=True):
+                    n = int(g.prod())
+                    ck = (id(inner), kind, key)
+                    if ck in local:
+                        feats.append(local[ck])
+                    elif frozen and ck in self._vision_cache:
+                        feats.append(self._vision_cache[ck])
+                    else:
+                        fn = inner.get_image_features if kind == "image" else inner.get_video_features
+                        item = row[pix][offset : offset + n].to(input_ids.device)
+                        grad = torch.is_grad_enabled() and not frozen
+                        with self.accelerator.autocast(), torch.set_grad_enabled(grad):
+                            f = fn(item, g[None].to(input_ids.device), return_dict=True).pooler_output[0]
+                        local[ck] = f
+                        if frozen:
+                            self._vision_cache[ck] = f.detach()
+                        feats.append(f)
+                    offset += n
+            if feats:
+                outputs[kind] = BaseModelOutputWithPooling(pooler_output=tuple(feats))
+        if outputs:
+            out["mm_encoder_outputs"] = outputs
+        return out
+
     def _get_per_token_logps_and_entropies(
         self,
         model: Any,
@@ -612,7 +690,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
             ids, mask = input_ids[start:end], attention_mask[start:end]
-            model_inputs = {"input_ids": ids, "attention_mask": mask, **self._media_inputs(media[start:end], ids)}
+            chunk = media[start:end]
+            if self.share_vision and any("video_keys" in r or "image_keys" in r for r in chunk):
+                media_inputs = self._shared_media_inputs(model, chunk, ids)
+            else:
+                media_inputs = self._media_inputs(chunk, ids)
+            model_inputs = {"input_ids": ids, "attention_mask": mask, **media_inputs}
             if compute_aux_loss:
                 model_inputs["output_router_logits"] = True
             labels = ids.masked_fill(mask == 0, -100)
