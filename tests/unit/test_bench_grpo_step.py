@@ -139,3 +139,23 @@ def test_default_frame_geometry_and_prompt_tokens() -> None:
     )
     assert stats["video_grid_thw"] == [[8, 16, 32], [8, 16, 32]]
     assert stats["video_tokens"] == 2 * 8 * 16 * 32 // 4 == 2048
+
+
+def test_tiny_step_lora_static_engine_micro_batches(tmp_path: Path) -> None:
+    """The issue-7 settings: LoRA, the static rollout engine, micro-batches of 1 without checkpointing; the JSON
+    carries the update phase's model FLOPs and MFU."""
+    status, doc = run_bench(
+        tmp_path, "--lora", "4", "--rollout-engine", "static", "--micro-batch", "1", "--no-grad-ckpt", "--beta", "0.001"
+    )
+    assert status == 0 and doc["status"] == "ok", doc.get("traceback")
+    s = doc["settings"]
+    assert s["lora"]["r"] == 4 and s["rollout_engine"] == "static" and s["micro_batch"] == 1
+    assert s["gradient_checkpointing"] is False and s["reference_model"] is False  # LoRA: adapters off = reference
+    est = doc["update_estimate"]
+    assert est["model_flops"] > 0 and est["mfu"]["measured"] > 0 and "recomputation not counted" in est["mfu_definition"]
+    assert doc["rollout"]["ordered"]["sequences"] == 2
+
+
+def test_3b_config_parameter_count() -> None:
+    counts = grpo_step.count_params(grpo_step.build_7b_config(size="3b"))
+    assert 3.7e9 < counts["total"] < 3.8e9  # Qwen2.5-VL-3B-Instruct: 3.75 B with tied embeddings

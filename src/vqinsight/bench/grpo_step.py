@@ -73,6 +73,25 @@ VISION_7B: dict[str, Any] = {
     "fullatt_block_indexes": [7, 15, 23, 31],
 }
 
+#: Qwen2.5-VL-3B-Instruct (config.json of the Hub checkpoint): the same vision tower, projecting to 2048.
+TEXT_3B: dict[str, Any] = {
+    **TEXT_7B,
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "max_window_layers": 70,
+}
+VISION_3B: dict[str, Any] = {**VISION_7B, "out_hidden_size": 2048}
+ARCHS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {  # text, vision, tie_word_embeddings
+    "7b": (TEXT_7B, VISION_7B, False),
+    "3b": (TEXT_3B, VISION_3B, True),
+}
+#: peak dense bf16 matmul rate used for MFU: measured on the H100 (issue 7's baseline) and the data-sheet value
+PEAK_TFLOPS = {"measured": 798.0, "datasheet": 989.0}
+
 #: Stage-2 reward recipe (config/recipes/paper_stage2.yaml); the trainer appends the temporal reward.
 REWARDS: dict[str, Any] = {
     "format": 1.0,
@@ -115,8 +134,9 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
     return {k: int(tokenizer.convert_tokens_to_ids(v)) for k, v in names.items()}
 
 
-def build_7b_config(tokenizer: Any | None = None) -> Any:
-    """``Qwen2_5_VLConfig`` of Qwen2.5-VL-7B-Instruct, with the special token ids of ``tokenizer`` (default: tiny)."""
+def build_7b_config(tokenizer: Any | None = None, size: str = "7b") -> Any:
+    """``Qwen2_5_VLConfig`` of Qwen2.5-VL-7B-Instruct (or ``size`` "3b"), with the special token ids of
+    ``tokenizer`` (default: tiny)."""
     from transformers import Qwen2_5_VLConfig
 
     if tokenizer is None:
@@ -124,21 +144,22 @@ def build_7b_config(tokenizer: Any | None = None) -> Any:
 
         tokenizer = build_tokenizer()
     ids = special_ids(tokenizer)
+    text_arch, vision_arch, tie = ARCHS[size]
     text = {
-        **TEXT_7B,
-        "rope_parameters": dict(TEXT_7B["rope_parameters"]),
+        **text_arch,
+        "rope_parameters": dict(text_arch["rope_parameters"]),
         "bos_token_id": ids["pad"],
         "eos_token_id": ids["eos"],
         "pad_token_id": ids["pad"],
     }
     return Qwen2_5_VLConfig(
         text_config=text,
-        vision_config=dict(VISION_7B),
+        vision_config=dict(vision_arch),
         image_token_id=ids["image"],
         video_token_id=ids["video"],
         vision_start_token_id=ids["vision_start"],
         vision_end_token_id=ids["vision_end"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
 
 
@@ -167,7 +188,7 @@ def build_model(size: str, tokenizer: Any, device: Any, dtype: Any, seed: int) -
     else:
         with torch.device(device):
             model = Qwen2_5_VLForConditionalGeneration._from_config(
-                build_7b_config(tokenizer), dtype=dtype, attn_implementation="sdpa"
+                build_7b_config(tokenizer, size), dtype=dtype, attn_implementation="sdpa"
             )
     ids = special_ids(tokenizer)
     model.generation_config.pad_token_id = ids["pad"]
@@ -364,17 +385,59 @@ def rollout_summary(step: dict[str, Any], timings: dict[str, float | None]) -> d
     return out
 
 
-def update_estimate(step: dict[str, Any], prompt_tokens: int, params_language: int) -> dict[str, Any]:
-    """Tokens of the policy update and a rough model-FLOP rate: 6·N·tokens, ×4/3 for activation recomputation."""
+def update_estimate(
+    step: dict[str, Any], prompt_tokens: int, params_language: int, flops: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Tokens of the policy update, the baseline's rough rate (6·N·tokens ×4/3) and, given ``flops`` (from
+    ``model_flops``), the model FLOP utilisation of the update phase."""
     ordered = step.get("ordered_tokens", {})
     n, completion = ordered.get("sequences", 0), ordered.get("width", 0)
     tokens = n * (prompt_tokens + completion)  # completions are right-padded to the longest one
     seconds = step["timings_s"].get("update")
-    flops = 6 * params_language * tokens * 4 / 3
-    return {
+    rough = 6 * params_language * tokens * 4 / 3
+    out: dict[str, Any] = {
         "tokens": tokens,
-        "tflop_per_s": flops / seconds / 1e12 if seconds else None,
-        "note": "same estimate as the H100 baseline (language-model params only, no attention FLOPs)",
+        "tflop_per_s": rough / seconds / 1e12 if seconds else None,
+        "note": "tflop_per_s: same estimate as the H100 baseline (language-model params only, no attention FLOPs)",
+    }
+    if flops and seconds:
+        total = flops["per_sequence"](prompt_tokens + completion, completion) * n + flops["vision"]
+        out["model_flops"] = total
+        out["model_tflop_per_s"] = total / seconds / 1e12
+        out["mfu"] = {k: total / seconds / 1e12 / v for k, v in PEAK_TFLOPS.items()}
+        out["mfu_definition"] = flops["definition"]
+    return out
+
+
+def model_flops(model: Any, lora: bool, vision_trains: bool, vision_patches: int) -> dict[str, Any]:
+    """Model FLOPs of one policy update (forward + backward, NO recomputation counted), per sequence and vision.
+
+    Decoder linears: 2·P per token forward; backward 4·P per token when the weights train (input and weight
+    gradients), 2·P with LoRA (input gradients only; the adapters' own FLOPs are under 1 % and left out).
+    Causal attention: 2·L·S²·d_q forward per sequence of S tokens (QKᵀ and AV over half the square), ×3 with the
+    backward. The LM head runs on the completion tokens only (TRL keeps their logits): 2·d·V per token, ×3 / ×2.
+    Vision tower: 2·P_v per patch forward, ×3 when it trains; counted once per distinct video (``vision_patches``).
+    """
+    lm = model.model.language_model
+    cfg = lm.config
+    p_layers = sum(p.numel() for n, p in lm.layers.named_parameters() if p.dim() == 2 and "lora_" not in n)
+    p_vis = sum(p.numel() for n, p in model.model.visual.named_parameters() if p.dim() >= 2 and "lora_" not in n)
+    d_q = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    layers, vocab, hidden = cfg.num_hidden_layers, cfg.vocab_size, cfg.hidden_size
+    lin = 4 if lora else 6
+    head = 4 if lora else 6
+
+    def per_sequence(seq: int, completion: int) -> float:
+        return lin * p_layers * seq + 3 * 2 * layers * seq * seq * d_q + head * hidden * vocab * completion
+
+    return {
+        "per_sequence": per_sequence,
+        "vision": (6 if vision_trains else 2) * p_vis * vision_patches,
+        "definition": (
+            f"decoder linears {lin}·P·tokens (P = {p_layers / 1e9:.2f} B), causal attention 6·L·S²·d_q, LM head "
+            f"{head}·d·V·completion tokens, vision {6 if vision_trains else 2}·P_v·patches once per distinct video "
+            f"(P_v = {p_vis / 1e9:.2f} B); recomputation not counted; peak {PEAK_TFLOPS}"
+        ),
     }
 
 
@@ -541,7 +604,11 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "learning_rate": 1e-6,
         "temperature": 1.0,
         "top_p": 0.95,
-        "gradient_checkpointing": True,
+        "gradient_checkpointing": not args.no_grad_ckpt,
+        "micro_batch": args.micro_batch or args.generations,
+        "rollout_engine": args.rollout_engine,
+        "share_vision": not args.no_share_vision,
+        "lora": {"r": args.lora, "alpha": 2 * args.lora, "targets": "language-model linears"} if args.lora else None,
         "bf16": cuda,
         "dtype": str(dtype),
         "attn_implementation": None,  # filled in from the built model
@@ -567,7 +634,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
 
     prompt = make_prompt(args.task, args.nframes, height, width)
     doc["prompt"] = prompt_stats(processor, prompt, ids)
-    config = build_7b_config(tokenizer) if args.size == "7b" else None
+    config = build_7b_config(tokenizer, args.size) if args.size in ARCHS else None
     t0 = time.perf_counter()
     model = build_model(args.size, tokenizer, device, dtype, args.seed)
     doc["model_build_s"] = time.perf_counter() - t0
@@ -576,7 +643,9 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     n_vision = sum(p.numel() for p in model.model.visual.parameters())
     tc, vc = model.config.text_config, model.config.vision_config
     doc["model"] = {
-        "architecture": "Qwen2.5-VL-7B-Instruct" if args.size == "7b" else "vqinsight tiny Qwen2.5-VL",
+        "architecture": {"7b": "Qwen2.5-VL-7B-Instruct", "3b": "Qwen2.5-VL-3B-Instruct"}.get(
+            args.size, "vqinsight tiny Qwen2.5-VL"
+        ),
         "weights": "random",
         "params": n_total,
         "params_b": n_total / 1e9,
@@ -594,6 +663,19 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
 
     funcs, weights = build_reward_funcs(REWARDS)
     timer = PhaseTimer(cuda)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=args.lora,
+            lora_alpha=2 * args.lora,
+            lora_dropout=0.0,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        )
+    n_videos = 2 if args.task == "comparison" else 1
+    patches = n_videos * args.nframes * height * width // (PATCH * PATCH)
+    flops = model_flops(model, lora=bool(args.lora), vision_trains=not args.lora, vision_patches=patches)
 
     def snapshot(status: str) -> None:
         doc["status"] = status
@@ -602,7 +684,9 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
             t = finish_timings(step)
             steps.append({**step, "timings_s": t, "rollout": rollout_summary(step, t)})
         for step in steps:
-            step["update_estimate"] = update_estimate(step, doc["prompt"]["tokens"], doc["model"]["params_language"])
+            step["update_estimate"] = update_estimate(
+                step, doc["prompt"]["tokens"], doc["model"]["params_language"], flops
+            )
         doc["steps"] = steps
         doc["observed"] = dict(timer.info)
         last = steps[-1] if steps else None
@@ -622,12 +706,13 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     with tempfile.TemporaryDirectory(prefix="vqinsight-bench-grpo-") as tmp:
         config_kw: dict[str, Any] = {
             "output_dir": tmp,
-            "per_device_train_batch_size": args.generations,
+            "per_device_train_batch_size": args.micro_batch or args.generations,
+            "gradient_accumulation_steps": args.generations // (args.micro_batch or args.generations),
             "num_generations": args.generations,
             "max_completion_length": args.max_new_tokens,
             "bf16": cuda,
             "use_cpu": not cuda,
-            "gradient_checkpointing": True,
+            "gradient_checkpointing": not args.no_grad_ckpt,
             "learning_rate": 1e-6,
             "beta": args.beta,
             "loss_type": "grpo",
@@ -656,6 +741,9 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                     processing_class=processor,
                     temporal=True,
                     temporal_rollouts=args.shuffled,
+                    rollout_engine=args.rollout_engine,
+                    share_vision=not args.no_share_vision,
+                    peft_config=peft_config,
                 )
             trainer.add_callback(timing_callback(timer, lambda: snapshot("running")))
             settings["reference_model"] = trainer.ref_model is not None
@@ -684,8 +772,13 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m vqinsight.bench grpo_step", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/bench/grpo_step.json"))
-    ap.add_argument("--size", choices=("7b", "tiny"), default="7b")
+    ap.add_argument("--size", choices=("7b", "3b", "tiny"), default="7b")
     ap.add_argument("--task", choices=("comparison", "video_score"), default="comparison")
+    ap.add_argument("--rollout-engine", choices=("hf", "static"), default="hf", help="VideoGRPOTrainer rollouts")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank on the language model's linears (0: full)")
+    ap.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0: the whole group)")
+    ap.add_argument("--no-grad-ckpt", action="store_true", help="no activation checkpointing")
+    ap.add_argument("--no-share-vision", action="store_true", help="vision tower once per row, as TRL does")
     ap.add_argument("--nframes", type=int, default=16)
     ap.add_argument("--frame-pixels", type=int, default=100352, help="pixels per frame (128*28*28: 224x448)")
     ap.add_argument("--generations", type=int, default=8, help="G ordered rollouts (= per-device batch)")
@@ -717,6 +810,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--nframes must be a multiple of {TEMPORAL_PATCH}")
     if args.generations < 2:
         ap.error("--generations must be >= 2 (GRPO needs a group)")
+    if args.micro_batch < 0 or (args.micro_batch and args.generations % args.micro_batch):
+        ap.error("--micro-batch must divide --generations")
+    if args.lora < 0:
+        ap.error("--lora must be >= 0")
     if args.beta < 0:
         ap.error("--beta must be >= 0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
