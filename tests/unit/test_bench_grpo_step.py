@@ -145,14 +145,16 @@ def test_tiny_step_lora_static_engine_micro_batches(tmp_path: Path) -> None:
     """The issue-7 settings: LoRA, the static rollout engine, micro-batches of 1 without checkpointing; the JSON
     carries the update phase's model FLOPs and MFU."""
     status, doc = run_bench(
-        tmp_path, "--lora", "4", "--rollout-engine", "static", "--micro-batch", "1", "--no-grad-ckpt", "--beta", "0.001"
-    )
+        tmp_path, "--lora", "4", "--rollout-engine", "static", "--micro-batch", "1", "--no-grad-ckpt",
+        "--beta", "0.001",
+    )  # fmt: skip
     assert status == 0 and doc["status"] == "ok", doc.get("traceback")
     s = doc["settings"]
     assert s["lora"]["r"] == 4 and s["rollout_engine"] == "static" and s["micro_batch"] == 1
     assert s["gradient_checkpointing"] is False and s["reference_model"] is False  # LoRA: adapters off = reference
     est = doc["update_estimate"]
-    assert est["model_flops"] > 0 and est["mfu"]["measured"] > 0 and "recomputation not counted" in est["mfu_definition"]
+    assert est["model_flops"] > 0 and est["mfu"]["measured"] > 0
+    assert "recomputation not counted" in est["mfu_definition"]
     assert doc["rollout"]["ordered"]["sequences"] == 2
 
 
