@@ -61,6 +61,10 @@ class Recipe:
         for k in ("num_generations", "max_completion_length", "learning_rate", "beta"):
             if k not in self.trainer:
                 raise ValueError(f"trainer.{k} is required (the paper fixes it; no silent default)")
+        if self.rollout_engine not in ("hf", "static"):
+            raise ValueError(f"rollout_engine must be 'hf' or 'static', got {self.rollout_engine!r}")
+        if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
+            raise ValueError(f"outside_answer_weight must be in [0, 1], got {self.outside_answer_weight!r}")
         unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
         if unknown:
             raise ValueError(f"unknown temporal key(s) {sorted(unknown)}")
