@@ -452,13 +452,12 @@ class Judge:
         tok = self.processor.tokenizer
         strings = [s for group in verdicts.values() for s in group]
         n, c = len(rows), len(strings)
-        texts = []
-        full, _ = self._encode([r for r in rows for _ in strings], [p + s for p in prefixes for s in strings])
+        tails = [p + s for p in prefixes for s in strings]
+        full, _ = self._encode([r for r in rows for _ in strings], tails)
         ids, am = full["input_ids"].cpu(), full["attention_mask"].cpu().bool()
         seqs = [ids[i][am[i]].tolist() for i in range(n * c)]
-        texts = [p + s for p in prefixes for s in strings]
-        lengths = []
-        for t, s in zip(texts, strings * n, strict=True):
+        lengths = []  # scored tokens per string, counted as candidate_probs does (its tail tokenises the same)
+        for t, s in zip(tails, strings * n, strict=True):
             whole = len(tok(t, add_special_tokens=False)["input_ids"])
             head = len(tok(t[: len(t) - len(s)], add_special_tokens=False)["input_ids"])
             lengths.append(max(1, whole - head))
