@@ -54,8 +54,11 @@ def completion_text(task: str, rng: np.random.Generator, scale: tuple[float, flo
     return f"<think>{THINK}</think><answer>{random_answer(task, rng, scale, style)}</answer>"
 
 
-def _batch(processor, rows, loader, style, scale, rng):
-    """Tokenised prompt+completion batch with labels on the completion tokens only."""
+def _batch(processor, rows, loader, style, scale, rng, free_choice: bool = False):
+    """Tokenised prompt+completion batch with labels on the completion tokens only.
+
+    ``free_choice``: for comparisons, the verdict letter after "Video " carries no loss, so the warm start teaches
+    the format without training the verdict towards a media-independent 50/50 (random labels would)."""
     import torch
 
     tok = processor.tokenizer
@@ -66,6 +69,10 @@ def _batch(processor, rows, loader, style, scale, rng):
         n_comp = len(tok(c, add_special_tokens=False)["input_ids"])
         n = int(inp["attention_mask"][i].sum())
         labels[i, n - n_comp : n] = inp["input_ids"][i, n - n_comp : n]
+        if free_choice and rows[i]["task"] == "comparison":
+            head = c[: c.index("<answer>Video ") + len("<answer>Video ")]
+            letter = n - n_comp + len(tok(head, add_special_tokens=False)["input_ids"])
+            labels[i, letter] = -100
     return inp, labels
 
 
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--free-choice", action="store_true", help="no loss on the comparison verdict letter")
     add_media_args(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     history = []
     for step in (bar := tqdm(range(a.steps), desc="warm start", unit="step", disable=None)):
         batch = [rows[int(i)] for i in rng.integers(0, len(rows), a.batch_size)]
-        inp, labels = _batch(processor, batch, loader, a.style, scale, rng)
+        inp, labels = _batch(processor, batch, loader, a.style, scale, rng, a.free_choice)
         loss = model(**inp, labels=labels).loss
         opt.zero_grad()
         loss.backward()
