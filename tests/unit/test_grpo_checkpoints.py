@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vqinsight.grpo.train import (
     COMPLETE,
@@ -87,3 +88,26 @@ def test_curves_table_is_wide_csv():
     text = curves_table([{"step": 1, "reward": 0.5, "loss": 0.1}, {"step": 2, "reward": 0.7}, {"train_runtime": 3}])
     lines = text.splitlines()
     assert lines[0] == "step,loss,reward" and lines[1] == "1,0.1,0.5" and lines[2] == "2,,0.7"
+
+
+def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
+    import pytest
+
+    base = "trainer: {num_generations: 8, max_completion_length: 8, learning_rate: 1.0e-6, beta: 0.0}\nrewards: {}\n"
+    p = tmp_path / "r.yaml"
+    p.write_text(base + "rollout_engine: vllm\n")
+    with pytest.raises(ValueError, match="rollout_engine"):
+        Recipe.load(p)
+    p.write_text(base + "outside_answer_weight: 2.0\n")
+    with pytest.raises(ValueError, match="outside_answer_weight"):
+        Recipe.load(p)
+    repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
+    shipped = {name: Recipe.load(repo / f"{name}.yaml") for name in ("paper_stage1", "paper_stage2", "demo_stage1",
+                                                                      "demo_stage2")}  # fmt: skip
+    assert {n: (r.rollout_engine, r.share_vision) for n, r in shipped.items()} == {
+        "paper_stage1": ("static", True),
+        "paper_stage2": ("static", True),
+        "demo_stage1": ("hf", False),
+        "demo_stage2": ("static", True),
+    }
+    assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())

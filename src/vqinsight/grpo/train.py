@@ -54,6 +54,8 @@ class Recipe:
     comparison_both_orders: bool = False
     #: rollout generation: "hf" (transformers generate()) or "static" (vqinsight.fastdecode.StaticDecoder)
     rollout_engine: str = "hf"
+    #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
+    share_vision: bool = True
 
     def __post_init__(self) -> None:
         if self.prompt_style not in ("full", "short"):
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         score_tolerance=t.get("score_tolerance", 0.5),
         outside_answer_weight=recipe.outside_answer_weight,
         rollout_engine=recipe.rollout_engine,
+        share_vision=bool(recipe.share_vision),
     )
     resume = latest_checkpoint(a.checkpoint_dir)
     if resume is not None:
