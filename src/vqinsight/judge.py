@@ -222,6 +222,23 @@ class MediaEntry:
     features: Any  # (n_tokens, hidden) tensor on the model's device
 
 
+def answer_token_counts(tokenizer: Any, texts: list[str], answers: list[str]) -> list[int]:
+    """Tokens of each answer string at the end of its text: tokens(text) - tokens(text without it), at least 1.
+    Vision placeholders are single special tokens, so the tail tokenises the same with or without expansion."""
+    counts = []
+    for t, a in zip(texts, answers, strict=True):
+        whole = len(tokenizer(t, add_special_tokens=False)["input_ids"])
+        head = len(tokenizer(t[: len(t) - len(a)], add_special_tokens=False)["input_ids"])
+        counts.append(max(1, whole - head))
+    return counts
+
+
+def mm_token_types(tokenizer: Any, input_ids: Any) -> Any:
+    """``mm_token_type_ids`` of a token batch: 1 on image placeholders, 2 on video placeholders, 0 elsewhere."""
+    image_id, video_id = (tokenizer.convert_tokens_to_ids(_PAD_TOKENS[k]) for k in ("image", "video"))
+    return (input_ids == image_id).long() + 2 * (input_ids == video_id).long()
+
+
 class VisionCache:
     """Processor output and vision-tower features per media item, computed once and reused (issue 7, judging).
 
@@ -358,11 +375,7 @@ class Judge:
 
             texts.append(_PAD_RE.sub(expand_pad, text) + (suffixes[i] if suffixes else ""))
         enc = dict(self.processor.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
-        ids = enc["input_ids"]
-        image_id, video_id = (
-            self.processor.tokenizer.convert_tokens_to_ids(_PAD_TOKENS[k]) for k in ("image", "video")
-        )
-        enc["mm_token_type_ids"] = (ids == image_id).long() + 2 * (ids == video_id).long()
+        enc["mm_token_type_ids"] = mm_token_types(self.processor.tokenizer, enc["input_ids"])
         outputs = {}
         for kind, grid_key in (("image", "image_grid_thw"), ("video", "video_grid_thw")):
             items = [e for e in order if e.kind == kind]
@@ -420,13 +433,7 @@ class Judge:
         n, c = len(rows), len(strings)
         flat_rows = [r for r in rows for _ in strings]
         enc, texts = self._encode(flat_rows, [p + s for p in prefixes for s in strings])
-        # Answer-string token count per sequence: tokens(text) - tokens(text without it); vision placeholders are
-        # single special tokens before the processor expands them, so the tail tokenises the same either way.
-        lengths = []
-        for t, s in zip(texts, strings * n, strict=True):
-            full = len(tok(t, add_special_tokens=False)["input_ids"])
-            head = len(tok(t[: len(t) - len(s)], add_special_tokens=False)["input_ids"])
-            lengths.append(max(1, full - head))
+        lengths = answer_token_counts(tok, texts, strings * n)
         with torch.no_grad():
             logits = self.model(**enc).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -456,11 +463,7 @@ class Judge:
         full, _ = self._encode([r for r in rows for _ in strings], tails)
         ids, am = full["input_ids"].cpu(), full["attention_mask"].cpu().bool()
         seqs = [ids[i][am[i]].tolist() for i in range(n * c)]
-        lengths = []  # scored tokens per string, counted as candidate_probs does (its tail tokenises the same)
-        for t, s in zip(tails, strings * n, strict=True):
-            whole = len(tok(t, add_special_tokens=False)["input_ids"])
-            head = len(tok(t[: len(t) - len(s)], add_special_tokens=False)["input_ids"])
-            lengths.append(max(1, whole - head))
+        lengths = answer_token_counts(tok, tails, strings * n)
         commons, conts, scored = [], [], []
         for r in range(n):
             group, counts = seqs[r * c : (r + 1) * c], lengths[r * c : (r + 1) * c]
@@ -482,12 +485,9 @@ class Judge:
             input_ids[r, width - len(x) :] = torch.tensor(x)
             mask[r, width - len(x) :] = 1
         base, _ = self._encode(rows, prefixes)  # the rows' media (grids, features) in prompt order
-        image_id, video_id = (tok.convert_tokens_to_ids(_PAD_TOKENS[k]) for k in ("image", "video"))
         inputs = {k: v for k, v in base.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         inputs["input_ids"], inputs["attention_mask"] = input_ids.to(self.device), mask.to(self.device)
-        inputs["mm_token_type_ids"] = ((input_ids == image_id).long() + 2 * (input_ids == video_id).long()).to(
-            self.device
-        )
+        inputs["mm_token_type_ids"] = mm_token_types(tok, input_ids).to(self.device)
         total = self.decoder.score(inputs, conts, scored).float()
         per_verdict, k = [], 0
         for group in verdicts.values():
