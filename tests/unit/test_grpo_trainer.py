@@ -528,6 +528,54 @@ def test_with_both_orders_balances_labels() -> None:
     assert rows[0]["media"] == ["a", "b"]  # the input is left as it was
 
 
+def test_order_units_pair_each_swapped_copy_with_its_original() -> None:
+    from vqinsight.grpo.trainer import order_units
+
+    ids = ["p0", "p0|BA", "s0", "p1", "p1|BA", "x|BA"]  # "x|BA" has no original before it: a unit of its own
+    assert order_units(ids) == [[0, 1], [2], [3, 4], [5]]
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 6])
+def test_unit_sampler_keeps_both_orders_in_one_batch(batch_size: int) -> None:
+    from vqinsight.grpo.trainer import UnitRepeatSampler
+
+    units = [[0, 1], [2], [3, 4], [5, 6], [7], [8, 9], [10, 11], [12]]
+    sampler = UnitRepeatSampler(units, mini_repeat_count=3, batch_size=batch_size, repeat_count=2, seed=1)
+    chunks = sampler.chunks()
+    assert chunks and all(len(c) == batch_size for c in chunks)
+    for c in chunks:
+        for u in units:  # a unit is wholly inside a chunk or wholly outside
+            assert set(u) <= set(c) or not set(u) & set(c)
+    flat = [i for c in chunks for i in c]
+    assert len(flat) == len(set(flat)) and len(flat) >= 13 - batch_size  # no repeats; less than a batch left out
+    again = UnitRepeatSampler(units, mini_repeat_count=3, batch_size=batch_size, repeat_count=2, seed=1)
+    yielded = list(again)  # TRL's pattern: each chunk twice, each prompt 3 times in a row
+    expect = [i for c in chunks for _ in range(2) for i in c for _ in range(3)]
+    assert yielded == expect
+    with pytest.raises(ValueError, match="does not fit"):
+        UnitRepeatSampler([[0, 1, 2]], mini_repeat_count=2, batch_size=2)
+
+
+def test_trainer_samples_both_orders_together_without_building_prompts(tiny_dir: Path, tmp_path: Path) -> None:
+    from trl.trainer.utils import RepeatSampler
+
+    from vqinsight.grpo.trainer import UnitRepeatSampler
+
+    trainer = make_trainer(tiny_dir, tmp_path, [0], per_device_train_batch_size=8)  # 2 prompts of G = 4
+
+    def no_transform(batch: dict[str, list]) -> dict[str, list]:
+        raise AssertionError("the sampler must read the raw sample_id column")
+
+    paired = Dataset.from_dict({"sample_id": ["a", "a|BA", "b", "b|BA"]}).with_transform(no_transform)
+    sampler = trainer._get_train_sampler(paired)
+    assert isinstance(sampler, UnitRepeatSampler)
+    assert sorted(sampler.units) == [[0, 1], [2, 3]]
+    plain = Dataset.from_dict({"sample_id": ["a", "b", "c", "d"]}).with_transform(no_transform)
+    assert type(trainer._get_train_sampler(plain)) is RepeatSampler
+    one = make_trainer(tiny_dir, tmp_path, [0])  # 1 prompt per generation batch: pairs cannot be kept together
+    assert type(one._get_train_sampler(paired)) is RepeatSampler
+
+
 def test_shared_vision_equals_per_row_vision_in_logprobs_and_gradients(tiny_dir: Path, tmp_path: Path) -> None:
     """A group repeats its prompt: with share_vision the tower runs once per distinct video, and the log-probs and
     the gradients (vision tower included) equal those of one tower call per row."""
