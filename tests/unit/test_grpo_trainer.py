@@ -641,3 +641,33 @@ def test_static_rollouts_equal_transformers_generate_when_greedy(tiny_dir: Path,
             outs[engine] = trainer._generate_single_turn(ids, images, fields, 1)[0]
     assert outs["static"] == outs["hf"]
     assert any(len(c) > 1 for c in outs["hf"])
+
+
+def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tmp_path: Path) -> None:
+    """A group's G copies of a prompt: media processed once and repeated give TRL's own tokenization field for
+    field, and the static engine's prefill (vision tower once per distinct item) gives generate()'s greedy rollouts."""
+    from trl import GRPOTrainer
+
+    from vqinsight.grpo.trainer import prompt_runs
+
+    kw = dict(per_device_train_batch_size=8, num_generations=2, max_completion_length=12)
+    static = make_trainer(tiny_dir, tmp_path / "s", list(range(len(ROWS))), rollout_engine="static",
+                          generation_kwargs={"do_sample": False}, **kw)  # fmt: skip
+    hf = make_trainer(tiny_dir, tmp_path / "h", list(range(len(ROWS))), rollout_engine="hf",
+                      generation_kwargs={"do_sample": False}, **kw)  # fmt: skip
+    rows = [static.train_dataset[i] for i in range(len(ROWS))]
+    base = [_fold_column_images(dict(r))["prompt"] for r in rows]
+    prompts = [p for p in base for _ in range(3)] + [base[0]]  # runs of 3, then a lone copy of the first prompt
+    assert prompt_runs(prompts) == [3] * len(base) + [1]
+    with torch.no_grad():
+        ids, images, fields = static._tokenize_prompts(prompts)
+        ids0, images0, fields0 = GRPOTrainer._tokenize_prompts(hf, prompts)
+        assert ids == ids0 and sorted(fields) == sorted(fields0)
+        for k, v in fields.items():
+            same = torch.equal(v, fields0[k]) if isinstance(v, torch.Tensor) else v == fields0[k]
+            assert same, k
+        assert (images is None) == (images0 is None)
+        got = static._generate_single_turn(ids, images, fields, 1)[0]
+        want = hf._generate_single_turn(ids0, images0, fields0, 1)[0]
+    assert got == want
+    assert got[0] == got[1] == got[2]

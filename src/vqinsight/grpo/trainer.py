@@ -174,6 +174,81 @@ def split_media_per_row(fields: Mapping[str, Any], counts: Sequence[tuple[int, i
     return rows
 
 
+def _same_media(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_media(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "tobytes") and hasattr(b, "tobytes") and type(a) is type(b):  # PIL images
+        return getattr(a, "size", None) == getattr(b, "size", None) and a.tobytes() == b.tobytes()
+    return False
+
+
+def same_prompt(a: Any, b: Any) -> bool:
+    """Whether two conversational prompts are equal: same messages and texts, media equal element for element."""
+    if a is b:
+        return True
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    if not isinstance(a, list | tuple) or not isinstance(b, list | tuple) or len(a) != len(b):
+        return False
+    for ma, mb in zip(a, b, strict=True):
+        if ma.get("role") != mb.get("role"):
+            return False
+        ca, cb = ma.get("content"), mb.get("content")
+        if isinstance(ca, str) or isinstance(cb, str):
+            if ca != cb:
+                return False
+            continue
+        if len(ca) != len(cb):
+            return False
+        for pa, pb in zip(ca, cb, strict=True):
+            if pa.keys() != pb.keys() or pa.get("type") != pb.get("type"):
+                return False
+            for k in pa:
+                va, vb = pa[k], pb[k]
+                same = _same_media(va, vb) if k in ("image", "video") else va == vb
+                if not same:
+                    return False
+    return True
+
+
+def prompt_runs(prompts: Sequence[Any]) -> list[int]:
+    """Lengths of the runs of consecutive equal prompts (TRL's sampler puts a group's G copies next to each other)."""
+    runs: list[int] = []
+    for i, p in enumerate(prompts):
+        if runs and same_prompt(prompts[i - 1], p):
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def repeat_fields(fields: Mapping[str, Any], counts: Sequence[tuple[int, int]], runs: Sequence[int]) -> dict[str, Any]:
+    """Processor output of the distinct prompts expanded to every row: media tensors are repeated per run, and any
+    per-prompt list / tensor field (one entry per distinct prompt) is repeated alike."""
+    media = split_media_per_row(fields, counts)
+    rows = [m for m, n in zip(media, runs, strict=True) for _ in range(n)]
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in (*_IMAGE_FIELDS, *_VIDEO_FIELDS):
+            parts = [r[key] for r in rows if key in r]
+            out[key] = torch.cat(parts) if parts else value
+        elif key == "second_per_grid_ts":
+            flat = [t for r in rows for t in r.get(key, [])]
+            out[key] = torch.tensor(flat, dtype=value.dtype) if isinstance(value, torch.Tensor) else flat
+        elif len(value) == len(runs):
+            reps = [v for v, n in zip(value, runs, strict=True) for _ in range(n)]
+            out[key] = torch.stack(list(reps)) if isinstance(value, torch.Tensor) else reps
+        else:
+            raise ValueError(f"cannot expand processor field {key!r} of {len(value)} entries to {len(runs)} prompts")
+    return out
+
+
 _ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 _ANSWER_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
 
@@ -398,6 +473,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._media_ctx: list[dict[str, Any]] | None = None  # per-row media of the forward being run
         self._capture_media = False  # set while TRL tokenizes the ordered prompts
         self._captured_media: list[dict[str, Any]] | None = None
+        self._gen_media: list[dict[str, Any]] | None = None  # per-row media of the latest tokenized prompts
         self._temporal_state: TemporalRows | None = None
         config = self.model.config
         self._image_token_id = getattr(config, "image_token_id", None) or self._image_pad_token_id
@@ -467,12 +543,26 @@ class VideoGRPOTrainer(GRPOTrainer):
         its own image-only forward inputs (from text whose video placeholders it does not expand). Transformers
         generation reads the media from ``fields`` only, so generation is unaffected.
         """
-        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        runs = prompt_runs(prompts)
+        if len(runs) < len(prompts):  # process each distinct prompt's media once, then repeat it for its copies
+            firsts = np.cumsum([0, *runs[:-1]]).tolist()
+            distinct = [prompts[i] for i in firsts]
+            ids_u, images_u, fields_u = super()._tokenize_prompts(distinct)
+            prompt_ids = [ids for ids, n in zip(ids_u, runs, strict=True) for _ in range(n)]
+            images = None if images_u is None else [im for im, n in zip(images_u, runs, strict=True) for _ in range(n)]
+            fields = repeat_fields(fields_u, [count_media(p) for p in distinct], runs)
+        else:
+            prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        # per-row media of this call, for the static engine's prefill (vision tower once per distinct item)
+        self._gen_media = split_media_per_row(fields, [count_media(p) for p in prompts]) if self.share_vision else None
+        if self._gen_media is not None:
+            assign_media_keys(self._gen_media)
         if self._capture_media:
             self._capture_media = False
-            self._captured_media = split_media_per_row(fields, [count_media(p) for p in prompts])
-            if self.share_vision:
-                assign_media_keys(self._captured_media)
+            if self._gen_media is not None:
+                self._captured_media = self._gen_media
+            else:
+                self._captured_media = split_media_per_row(fields, [count_media(p) for p in prompts])
             self._vision_cache = {}  # features of frozen vision towers, valid for this generation batch
             self._media_ctx = self._captured_media  # old / ref log-probs are computed inside super()
             images = None
@@ -521,6 +611,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         def generate(input_ids=None, attention_mask=None, generation_config=None, **inputs):
             g = generation_config or cfg
             eos = g.eos_token_id if g.eos_token_id is not None else trainer.eos_token_ids
+            media = trainer._gen_media
+            if media is not None and len(media) == input_ids.size(0) and any(media):
+                # the tower once per distinct image / video; the features enter the prefill as mm_encoder_outputs
+                inputs = {k: v for k, v in inputs.items() if k not in (*_IMAGE_FIELDS, *_VIDEO_FIELDS)}
+                inputs.pop("second_per_grid_ts", None)
+                inputs.pop("mm_token_type_ids", None)
+                keep = media is trainer._captured_media  # the ordered prompts: a frozen tower's features stay cached
+                with torch.no_grad():
+                    inputs.update(trainer._shared_media_inputs(model, media, input_ids, keep=keep))
             new = trainer._static_decoder(model).generate(
                 {"input_ids": input_ids, "attention_mask": attention_mask, **inputs},
                 int(g.max_new_tokens),
@@ -713,8 +812,14 @@ class VideoGRPOTrainer(GRPOTrainer):
             out["second_per_grid_ts"] = torch.tensor(spg, device=input_ids.device)
         return out
 
-    def _shared_media_inputs(self, model: Any, media: Sequence[Mapping[str, Any]], input_ids: torch.Tensor):
-        """``_media_inputs`` with precomputed features: the vision tower runs once per media key (see share_vision)."""
+    def _shared_media_inputs(
+        self, model: Any, media: Sequence[Mapping[str, Any]], input_ids: torch.Tensor, keep: bool = True
+    ):
+        """``_media_inputs`` with precomputed features: the vision tower runs once per media key (see share_vision).
+
+        ``keep``: read and fill the generation batch's cache of frozen-tower features. Keys are numbered per
+        ``assign_media_keys`` call, so only the rows of the ordered prompts (whose keys the cache holds) may use it.
+        """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         out = self._media_inputs([{k: v for k, v in r.items() if k not in ("pixel_values", "pixel_values_videos")}
@@ -736,7 +841,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                     ck = (id(inner), kind, key)
                     if ck in local:
                         feats.append(local[ck])
-                    elif frozen and ck in self._vision_cache:
+                    elif keep and frozen and ck in self._vision_cache:
                         feats.append(self._vision_cache[ck])
                     else:
                         fn = inner.get_image_features if kind == "image" else inner.get_video_features
@@ -745,7 +850,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                         with self.accelerator.autocast(), torch.set_grad_enabled(grad):
                             f = fn(item, g[None].to(input_ids.device), return_dict=True).pooler_output[0]
                         local[ck] = f
-                        if frozen:
+                        if keep and frozen:
                             self._vision_cache[ck] = f.detach()
                         feats.append(f)
                     offset += n
