@@ -180,6 +180,19 @@ def test_stage1_judge_learns_the_score_by_grpo(demo_run):
 
 @pytest.mark.slow
 @DEMO_TIMEOUT
+def test_stage2_comparison_judge_learns_a_verdict_by_grpo(demo_run):
+    """Acceptance: held-out MonetBench accuracy (ties excluded, greedy, one order) of the comparison model rises by
+    >= 15 points over its start (the stage-1 model after a format-only warm start with random verdicts), and the
+    verdict is not one constant letter."""
+    res = _eval(demo_run, "stage2/comp/full/model")
+    before, after = res["before"]["comparison"], res["after"]["comparison"]
+    assert after["format_rate"] >= 0.95, after
+    assert after["accuracy"] >= before["accuracy"] + 0.15, (before, after)
+    assert 0.05 <= after["rate_A"] <= 0.95, after
+
+
+@pytest.mark.slow
+@DEMO_TIMEOUT
 def test_stage2_trains_every_task_model_with_temporal_and_length_rewards(demo_run):
     import csv
 
