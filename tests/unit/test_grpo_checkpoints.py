@@ -101,6 +101,9 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
     p.write_text(base + "outside_answer_weight: 2.0\n")
     with pytest.raises(ValueError, match="outside_answer_weight"):
         Recipe.load(p)
+    p.write_text(base + "attn_implementation: flash\n")
+    with pytest.raises(ValueError, match="attn_implementation"):
+        Recipe.load(p)
     repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
     shipped = {name: Recipe.load(repo / f"{name}.yaml") for name in ("paper_stage1", "paper_stage2", "demo_stage1",
                                                                       "demo_stage2")}  # fmt: skip
@@ -111,3 +114,35 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         "demo_stage2": ("static", True),
     }
     assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())
+
+
+def test_recipe_attention_implementation_reaches_the_model_loader(tmp_path, monkeypatch):
+    """`attn_implementation` in a recipe is what the policy is loaded with (None keeps transformers' default)."""
+    import pytest
+
+    import vqinsight.models.load as load
+    from vqinsight.grpo.train import main
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_loader(*args, **kwargs):
+        seen.append(kwargs.get("attn_implementation", "missing"))
+        raise Stop
+
+    monkeypatch.setattr(load, "load_model_and_processor", fake_loader)
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"")
+    base = "trainer: {num_generations: 2, max_completion_length: 8, learning_rate: 1.0e-6, beta: 0.0}\nrewards: {}\n"
+    for extra, want in (("", None), ("attn_implementation: eager\n", "eager")):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(base + extra)
+        args = ["--recipe", str(recipe), "--model", str(tmp_path / "model"), "--manifests", str(manifest),
+                "--tasks", "comparison", "--output-dir", str(tmp_path / "out"),
+                "--checkpoint-dir", str(tmp_path / "ckpt"), "--cache-dir", str(tmp_path / "cache"),
+                "--nframes", "4", "--max-pixels", "4704"]  # fmt: skip
+        with pytest.raises(Stop):
+            main(args)
+        assert seen[-1] == want

@@ -25,6 +25,7 @@ from vqinsight.grpo.reward_funcs import NamedReward, build_reward_funcs, make_le
 from vqinsight.grpo.trainer import (
     VideoGRPOTrainer,
     _fold_column_images,
+    assign_media_keys,
     count_media,
     shuffle_video_frames,
     split_media_per_row,
@@ -556,6 +557,22 @@ def test_unit_sampler_keeps_both_orders_in_one_batch(batch_size: int) -> None:
         UnitRepeatSampler([[0, 1, 2]], mini_repeat_count=2, batch_size=2)
 
 
+def test_unit_sampler_length_counts_only_the_rows_it_yields() -> None:
+    """Pairs that cannot fill a chunk sit out the epoch; len() must count what iteration yields (TRL's epoch and
+    max_steps estimates read it), and asking for it must not change the order."""
+    from vqinsight.grpo.trainer import UnitRepeatSampler
+
+    units = [[0, 1], [2], [3, 4], [5, 6], [7, 8]]  # 9 rows: batches of 4 leave 1 or more rows out
+    for seed in range(6):
+        sampler = UnitRepeatSampler(units, mini_repeat_count=2, batch_size=4, repeat_count=3, seed=seed)
+        twin = UnitRepeatSampler(units, mini_repeat_count=2, batch_size=4, repeat_count=3, seed=seed)
+        n = len(sampler)
+        assert n == len(list(sampler)) == len(list(twin))
+        assert n % (4 * 2 * 3) == 0 and n < 9 * 2 * 3
+    lone = UnitRepeatSampler([[0, 1], [2, 3], [4]], mini_repeat_count=1, batch_size=3, seed=0)
+    assert len(lone) == len(list(lone)) == 3  # one pair and the single row; the other pair sits out
+
+
 def test_trainer_samples_both_orders_together_without_building_prompts(tiny_dir: Path, tmp_path: Path) -> None:
     from trl.trainer.utils import RepeatSampler
 
@@ -579,8 +596,6 @@ def test_trainer_samples_both_orders_together_without_building_prompts(tiny_dir:
 def test_shared_vision_equals_per_row_vision_in_logprobs_and_gradients(tiny_dir: Path, tmp_path: Path) -> None:
     """A group repeats its prompt: with share_vision the tower runs once per distinct video, and the log-probs and
     the gradients (vision tower included) equal those of one tower call per row."""
-    from vqinsight.grpo.trainer import assign_media_keys
-
     trainer = make_trainer(tiny_dir, tmp_path, [0])
     proc, pad = trainer.processing_class, trainer._tokenizer.pad_token_id
     group = [prompt_for(2, 0, 1)] * 3 + [prompt_for(1, 0, 3)] * 2  # a 2-video group of 3, a 1-video group of 2
@@ -659,14 +674,27 @@ def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tm
     base = [_fold_column_images(dict(r))["prompt"] for r in rows]
     prompts = [p for p in base for _ in range(3)] + [base[0]]  # runs of 3, then a lone copy of the first prompt
     assert prompt_runs(prompts) == [3] * len(base) + [1]
+    media_fields = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"}
     with torch.no_grad():
-        ids, images, fields = static._tokenize_prompts(prompts)
         ids0, images0, fields0 = GRPOTrainer._tokenize_prompts(hf, prompts)
-        assert ids == ids0 and sorted(fields) == sorted(fields0)
-        for k, v in fields.items():
-            same = torch.equal(v, fields0[k]) if isinstance(v, torch.Tensor) else v == fields0[k]
-            assert same, k
+        ids_h, images_h, fields_h = hf._tokenize_prompts(prompts)  # deduplicated: the fields are repeated
+        ids, images, fields = static._tokenize_prompts(prompts)  # static: the media are kept per row only
+        assert ids == ids_h == ids0 and sorted(fields_h) == sorted(fields0)
+        assert sorted(fields) == sorted(set(fields0) - media_fields) and media_fields & set(fields0)
+        for k, v in fields_h.items():
+            for got_fields in (fields_h, fields) if k in fields else (fields_h,):
+                got_v = got_fields[k]
+                same = torch.equal(got_v, fields0[k]) if isinstance(v, torch.Tensor) else got_v == fields0[k]
+                assert same, k
         assert (images is None) == (images0 is None)
+        # the per-row media and their keys equal those split and keyed from TRL's full fields
+        want_media = split_media_per_row(fields0, [count_media(p) for p in prompts])
+        assign_media_keys(want_media)
+        assert len(static._gen_media) == len(want_media)
+        for got_row, want_row in zip(static._gen_media, want_media, strict=True):
+            assert got_row.keys() == want_row.keys()
+            for k, v in want_row.items():
+                assert torch.equal(got_row[k], v) if isinstance(v, torch.Tensor) else got_row[k] == v, k
         got = static._generate_single_turn(ids, images, fields, 1)[0]
         want = hf._generate_single_turn(ids0, images0, fields0, 1)[0]
     assert got == want

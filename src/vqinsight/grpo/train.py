@@ -56,6 +56,9 @@ class Recipe:
     rollout_engine: str = "hf"
     #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
     share_vision: bool = True
+    #: attention kernels of the policy (and its reference): "sdpa", "eager", "flash_attention_2"; None keeps the
+    #: transformers default (sdpa). The demo's tiny CPU model trains faster with "eager" (docs/PERFORMANCE.md)
+    attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_style not in ("full", "short"):
@@ -63,6 +66,11 @@ class Recipe:
         for k in ("num_generations", "max_completion_length", "learning_rate", "beta"):
             if k not in self.trainer:
                 raise ValueError(f"trainer.{k} is required (the paper fixes it; no silent default)")
+        if self.attn_implementation not in (None, "sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            raise ValueError(
+                "attn_implementation must be sdpa, eager, flash_attention_2 or flash_attention_3 (or absent), "
+                f"got {self.attn_implementation!r}"
+            )
         if self.rollout_engine not in ("hf", "static"):
             raise ValueError(f"rollout_engine must be 'hf' or 'static', got {self.rollout_engine!r}")
         if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
@@ -260,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     dtype = "bfloat16" if cuda and tk.get("bf16") else "float32"
     try:
         model, processor = load_model_and_processor(
-            a.model, trust_remote_code=a.trust_remote_code, dtype=dtype, **processor_pixels(a)
+            a.model,
+            trust_remote_code=a.trust_remote_code,
+            dtype=dtype,
+            attn_implementation=recipe.attn_implementation,
+            **processor_pixels(a),
         )
     except (FileNotFoundError, OSError) as e:
         log.error("%s", e)

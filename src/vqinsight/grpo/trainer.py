@@ -228,11 +228,17 @@ def prompt_runs(prompts: Sequence[Any]) -> list[int]:
     return runs
 
 
-def repeat_fields(fields: Mapping[str, Any], counts: Sequence[tuple[int, int]], runs: Sequence[int]) -> dict[str, Any]:
+def repeat_fields(
+    fields: Mapping[str, Any], counts: Sequence[tuple[int, int]], runs: Sequence[int], media: bool = True
+) -> dict[str, Any]:
     """Processor output of the distinct prompts expanded to every row: media tensors are repeated per run, and any
-    per-prompt list / tensor field (one entry per distinct prompt) is repeated alike."""
-    media = split_media_per_row(fields, counts)
-    rows = [m for m, n in zip(media, runs, strict=True) for _ in range(n)]
+    per-prompt list / tensor field (one entry per distinct prompt) is repeated alike. ``media=False`` leaves the
+    image / video fields out (for a consumer that takes the media from elsewhere)."""
+    media_keys = (*_IMAGE_FIELDS, *_VIDEO_FIELDS, "second_per_grid_ts")
+    if not media:
+        fields = {k: v for k, v in fields.items() if k not in media_keys}
+    per_row = split_media_per_row(fields, counts) if media else []
+    rows = [m for m, n in zip(per_row, runs, strict=True) for _ in range(n)] if media else []
     out: dict[str, Any] = {}
     for key, value in fields.items():
         if key in (*_IMAGE_FIELDS, *_VIDEO_FIELDS):
@@ -367,8 +373,10 @@ class UnitRepeatSampler(torch.utils.data.Sampler):
         if seed is not None:
             self.generator.manual_seed(seed)
 
-    def chunks(self) -> list[list[int]]:
-        order = torch.randperm(len(self.units), generator=self.generator).tolist() if self.shuffle else None
+    def chunks(self, generator: torch.Generator | None = None) -> list[list[int]]:
+        """The next epoch's chunks (advances ``generator``, by default the sampler's own)."""
+        generator = self.generator if generator is None else generator
+        order = torch.randperm(len(self.units), generator=generator).tolist() if self.shuffle else None
         units = [self.units[i] for i in order] if order is not None else list(self.units)
         out: list[list[int]] = []
         chunk: list[int] = []
@@ -397,7 +405,11 @@ class UnitRepeatSampler(torch.utils.data.Sampler):
                         yield index
 
     def __len__(self) -> int:
-        return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
+        """Indices the next epoch yields: rows that sit out the epoch are not counted (the packing is simulated on
+        a copy of the generator, so the sampler's own order is not advanced)."""
+        probe = torch.Generator()
+        probe.set_state(self.generator.get_state())
+        return len(self.chunks(probe)) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
 class VideoGRPOTrainer(GRPOTrainer):
@@ -536,6 +548,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.generation_kwargs["suppress_tokens"] = merged
         self.generation_config.suppress_tokens = merged
 
+    @property
+    def _static_media(self) -> bool:
+        """Whether rollouts read their media from ``_gen_media`` (the static engine's generate() wrapper) rather
+        than from the processor fields TRL hands to ``generate()``."""
+        return self.rollout_engine == "static"
+
     def _tokenize_prompts(self, prompts: list) -> tuple[list, Any, dict[str, Any]]:
         """TRL's tokenization; on the ordered-prompt call, also keep the per-row media for the forwards.
 
@@ -544,25 +562,33 @@ class VideoGRPOTrainer(GRPOTrainer):
         generation reads the media from ``fields`` only, so generation is unaffected.
         """
         runs = prompt_runs(prompts)
+        counts = [count_media(p) for p in prompts]
+        media = None  # per-row media of this call, for the static engine's prefill (tower once per distinct item)
         if len(runs) < len(prompts):  # process each distinct prompt's media once, then repeat it for its copies
             firsts = np.cumsum([0, *runs[:-1]]).tolist()
             distinct = [prompts[i] for i in firsts]
             ids_u, images_u, fields_u = super()._tokenize_prompts(distinct)
             prompt_ids = [ids for ids, n in zip(ids_u, runs, strict=True) for _ in range(n)]
             images = None if images_u is None else [im for im, n in zip(images_u, runs, strict=True) for _ in range(n)]
-            fields = repeat_fields(fields_u, [count_media(p) for p in distinct], runs)
+            counts_u = [counts[i] for i in firsts]
+            if self.share_vision:  # keys from the distinct rows; a group's copies share the tensors and the keys
+                distinct_media = split_media_per_row(fields_u, counts_u)
+                assign_media_keys(distinct_media)
+                media = [dict(m) for m, n in zip(distinct_media, runs, strict=True) for _ in range(n)]
+            # the static engine's generate() takes the media from `media` alone: no repeated pixel tensors then
+            fields = repeat_fields(fields_u, counts_u, runs, media=not (media is not None and self._static_media))
         else:
             prompt_ids, images, fields = super()._tokenize_prompts(prompts)
-        # per-row media of this call, for the static engine's prefill (vision tower once per distinct item)
-        self._gen_media = split_media_per_row(fields, [count_media(p) for p in prompts]) if self.share_vision else None
-        if self._gen_media is not None:
-            assign_media_keys(self._gen_media)
+            if self.share_vision:
+                media = split_media_per_row(fields, counts)
+                assign_media_keys(media)
+        self._gen_media = media
         if self._capture_media:
             self._capture_media = False
             if self._gen_media is not None:
                 self._captured_media = self._gen_media
             else:
-                self._captured_media = split_media_per_row(fields, [count_media(p) for p in prompts])
+                self._captured_media = split_media_per_row(fields, counts)
             self._vision_cache = {}  # features of frozen vision towers, valid for this generation batch
             self._media_ctx = self._captured_media  # old / ref log-probs are computed inside super()
             images = None
