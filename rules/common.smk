@@ -132,9 +132,37 @@ def variant_spec(wildcards):
     return {} if wildcards.variant == "full" else ABLATIONS[wildcards.variant]
 
 
+STAGE2_STARTS = ("stage1", "base")
+
+# Scheduling. Priorities only order the jobs that are ready at the same time (they change no output). The longest
+# chain runs base model -> stage 1 -> the stage-3 judge's stage-2 model -> the stage-3 rounds, and that stage-2
+# model is the longest job of the demo, so its chain goes first; on a 2-core machine this keeps the second slot busy
+# with everything else instead of starting the chain late (docs/PERFORMANCE.md, demo wall time).
+PRIORITY_CHAIN = 20  # the chain itself
+PRIORITY_STAGE3 = 15  # stage-3 rounds (each waits for the previous one)
+PRIORITY_LONG = 10  # the judge task model's ablations: as long as the chain's stage-2 job
+STAGE3_JUDGE_TM = (config.get("stage3") or {}).get("judge", {}).get("task_model")
+
+
+def stage2_priority(wildcards):
+    """The stage-3 judge's task model first: its full model (and its format warm start) is on the chain."""
+    if wildcards.task_model != STAGE3_JUDGE_TM:
+        return 0
+    if "start" in wildcards.keys():
+        return PRIORITY_CHAIN if wildcards.start == "stage1" else PRIORITY_LONG
+    return PRIORITY_CHAIN if wildcards.variant == "full" else PRIORITY_LONG
+
+
+def stage2_start_name(wildcards):
+    """Which model stage 2 grows from: "stage1", or "base" for the no-warm-up ablation (Table 4a)."""
+    if "start" in wildcards.keys():  # the format warm start, shared by every variant with the same start
+        return wildcards.start
+    return "base" if variant_spec(wildcards).get("init", "stage1") == "base" else "stage1"
+
+
 def stage2_start(wildcards):
     """The model stage 2 grows from: stage 1's, or the base model for the no-warm-up ablation (Table 4a)."""
-    if variant_spec(wildcards).get("init", "stage1") == "base":
+    if stage2_start_name(wildcards) == "base":
         return config["model"]["base"]
     return f"{RESULTS}/grpo/stage1/model"
 
@@ -145,9 +173,10 @@ def stage2_start_input(wildcards):
 
 
 def stage2_init(wildcards):
-    """Stage 2's init: its start model, or that model's format warm start where one is configured (demo)."""
+    """Stage 2's init: its start model, or that model's format warm start where one is configured (demo). The warm
+    start depends on the task model and the start model only, so the variants that share them share it."""
     if "format_warm_start" in GRPO["stage2"] and stage2_spec(wildcards).get("format_warm_start", True):
-        return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/{wildcards.variant}/init"
+        return f"{RESULTS}/grpo/stage2/{wildcards.task_model}/format_from_{stage2_start_name(wildcards)}/init"
     return stage2_start(wildcards)
 
 
@@ -339,6 +368,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
     task_model="|".join(TASK_MODELS),
     variant="|".join(VARIANTS),
+    start="|".join(STAGE2_STARTS),
     benchmark="|".join(BENCHMARKS) or "NONE",
 
 

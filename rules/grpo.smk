@@ -38,6 +38,7 @@ if BUILD_TINY:
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
+        priority: PRIORITY_CHAIN
         params:
             tasks=" ".join(config["model"]["warm_start"]["tasks"]),
             steps=config["model"]["warm_start"]["steps"],
@@ -68,6 +69,7 @@ rule grpo_stage1:
     conda:
         "../environment.yml"
     threads: GRPO["threads"]
+    priority: PRIORITY_CHAIN
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
@@ -95,12 +97,13 @@ if "format_warm_start" in GRPO["stage2"]:
             manifests=stage2_manifests,
             caches=stage2_caches,
         output:
-            model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/{{variant}}/init"),
+            model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/format_from_{{start}}/init"),
         log:
-            f"{LOGS}/grpo/stage2_format_{{task_model}}_{{variant}}.log",
+            f"{LOGS}/grpo/stage2_format_{{task_model}}_from_{{start}}.log",
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
+        priority: stage2_priority
         params:
             start=stage2_start,
             tasks=stage2_tasks,
@@ -134,6 +137,7 @@ rule grpo_stage2:
     conda:
         "../environment.yml"
     threads: GRPO["threads"]
+    priority: stage2_priority
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),

@@ -89,6 +89,7 @@ rule t2v_sample:
         f"{LOGS}/stage3/sample_{{gen}}_{{split}}_{{shard}}.benchmark.tsv"
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
@@ -117,6 +118,7 @@ rule stage3_pair_manifest:
         f"{LOGS}/stage3/pair_manifest_{{gen}}_{{split}}.log",
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     shell:
         "python -m vqinsight.stage3.pairs manifest --index {input.index:q} --out {output:q} > {log:q} 2>&1"
 
@@ -133,6 +135,7 @@ rule stage3_judge:
         f"{LOGS}/stage3/judge_{{judge}}_{{gen}}_{{split}}.benchmark.tsv"
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
@@ -159,6 +162,7 @@ rule stage3_select:
         f"{LOGS}/stage3/select_{{judge}}_{{gen}}.log",
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     params:
         mode=S3.get("pairing", "round_robin"),
     shell:
@@ -178,6 +182,7 @@ rule dpo_train:
         f"{LOGS}/stage3/dpo_{{dpo_gen}}.benchmark.tsv"
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=S3_GPUS,
@@ -206,6 +211,7 @@ rule stage3_refine_data:
         f"{LOGS}/stage3/refine_data_{{r}}.log",
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     params:
         seed=config["seed"],
     shell:
@@ -230,6 +236,7 @@ rule stage3_refine_judge:
         f"{LOGS}/stage3/refine_judge_{{r}}.benchmark.tsv"
     conda:
         "../environment.yml"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],

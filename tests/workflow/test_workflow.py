@@ -227,7 +227,7 @@ def test_ablations_are_config_variants_of_the_same_rule(demo_run):
     assert recipe("no_length")["rewards"]["length"]["weight"] == 0.0 and recipe("no_length")["temporal"]["enabled"]
     header = next(csv.reader(open(root / "aigcvideo/no_temporal/model/curves.csv")))
     assert "temporal/acc_shuffled" not in header, "no shuffled rollouts without the temporal reward"
-    meta = json.loads((root / "aigcvideo/no_warmup/init/meta.json").read_text())
+    meta = json.loads((root / "aigcvideo/format_from_base/init/meta.json").read_text())
     assert "demo_base" in json.dumps(meta), "the no-warm-up ablation starts from the base model, not stage 1"
 
 
