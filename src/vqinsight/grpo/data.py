@@ -7,6 +7,7 @@ Media are decoded lazily when a row is accessed (`datasets.Dataset.with_transfor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,9 @@ def to_records(df: pl.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def messages_for(row: dict[str, Any], loader: MediaLoader, style: str, scale: tuple[float, float]) -> list[dict]:
+def messages_for(
+    row: dict[str, Any], loader: Callable[[str, str], Any], style: str, scale: tuple[float, float]
+) -> list[dict]:
     """The chat prompt of one row, with its media decoded."""
     media = [loader(m, row["media_type"]) for m in row["media"]]
     return build_messages(
@@ -162,7 +165,17 @@ def build_dataset(rows: list[dict[str, Any]], loader: MediaLoader, style: str, s
     def transform(batch: dict[str, list]) -> dict[str, list]:
         n = len(batch["sample_id"])
         out = {k: list(v) for k, v in batch.items()}
-        out["prompt"] = [messages_for({k: batch[k][i] for k in batch}, loader, style, scale) for i in range(n)]
+        # GRPO's sampler repeats each row G times in a batch: decode each media path once per batch (the copies
+        # share the frame arrays, which also makes the trainer's equal-prompt check an identity check)
+        memo: dict[tuple[str, str], Any] = {}
+
+        def load(path: str, media_type: str) -> Any:
+            key = (path, media_type)
+            if key not in memo:
+                memo[key] = loader(path, media_type)
+            return memo[key]
+
+        out["prompt"] = [messages_for({k: batch[k][i] for k in batch}, load, style, scale) for i in range(n)]
         return out
 
     return ds.with_transform(transform)
