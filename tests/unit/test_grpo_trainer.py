@@ -699,3 +699,42 @@ def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tm
         want = hf._generate_single_turn(ids0, images0, fields0, 1)[0]
     assert got == want
     assert got[0] == got[1] == got[2]
+    # runs of one length G: each distinct prompt is prefilled once and its cache copied G times (prefix sharing)
+    from vqinsight.fastdecode import StaticDecoder
+
+    uniform = [p for p in base for _ in range(3)]
+    seen: list[int] = []
+    real_prefill = StaticDecoder.prefill
+
+    def spy(self, enc):
+        seen.append(int(enc["input_ids"].size(0)))
+        return real_prefill(self, enc)
+
+    with torch.no_grad():
+        ids, images, fields = static._tokenize_prompts(uniform)
+        ids0, images0, fields0 = hf._tokenize_prompts(uniform)
+        StaticDecoder.prefill = spy
+        try:
+            got = static._generate_single_turn(ids, images, fields, 1)[0]
+        finally:
+            StaticDecoder.prefill = real_prefill
+        want = hf._generate_single_turn(ids0, images0, fields0, 1)[0]
+    assert seen == [len(base)] and got == want
+
+
+def test_uniform_copies_needs_equal_tokens_padding_and_media_keys_in_runs_of_one_length() -> None:
+    from vqinsight.grpo.trainer import uniform_copies
+
+    ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    vid = [{"video_keys": [0]}, {"video_keys": [0]}, {"video_keys": [1]}, {"video_keys": [1]}]
+    assert uniform_copies(ids, mask, vid) == 2
+    assert uniform_copies(ids, mask, [{}, {}, {}, {}]) == 2  # text-only rows
+    other = [{"video_keys": [0]}, {"video_keys": [2]}, {"video_keys": [1]}, {"video_keys": [1]}]
+    assert uniform_copies(ids, mask, other) == 1  # same tokens, different videos: runs of 1, 1, 2
+    unkeyed = [{"pixel_values_videos": torch.zeros(1)}] * 4  # media without keys cannot be matched
+    assert uniform_copies(ids, mask, unkeyed) == 1
+    padded = mask.clone()
+    padded[1, 0] = 1
+    assert uniform_copies(ids, padded, vid) == 1
+    assert uniform_copies(ids[:3], mask[:3], vid[:3]) == 1  # runs of 2 and 1

@@ -322,6 +322,30 @@ def assign_media_keys(rows: list[dict[str, Any]]) -> None:
             row[f"{kind}_keys"] = keys
 
 
+def _is_row_tensor(value: Any, input_ids: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == input_ids.size(0)
+
+
+def uniform_copies(input_ids: torch.Tensor, attention_mask: torch.Tensor, media: Sequence[Mapping[str, Any]]) -> int:
+    """G when the rows come in runs of G equal prompts (same tokens, padding and media keys), every run of the same
+    length G; else 1. GRPO's sampler puts a group's G copies next to each other."""
+    n = input_ids.size(0)
+    same = [
+        bool(torch.equal(input_ids[i], input_ids[i - 1]) and torch.equal(attention_mask[i], attention_mask[i - 1]))
+        and media[i].get("image_keys") == media[i - 1].get("image_keys")
+        and media[i].get("video_keys") == media[i - 1].get("video_keys")
+        and ("image_keys" in media[i] or "video_keys" in media[i] or not media[i])
+        for i in range(1, n)
+    ]
+    runs: list[int] = [1]
+    for eq in same:
+        if eq:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs[0] if len(set(runs)) == 1 else 1
+
+
 @dataclass
 class TemporalRows:
     """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (correct, total)."""
@@ -638,22 +662,33 @@ class VideoGRPOTrainer(GRPOTrainer):
             g = generation_config or cfg
             eos = g.eos_token_id if g.eos_token_id is not None else trainer.eos_token_ids
             media = trainer._gen_media
-            if media is not None and len(media) == input_ids.size(0) and any(media):
+            rows_ids, rows_mask, copies = input_ids, attention_mask, 1
+            if media is not None and len(media) == input_ids.size(0):
+                # a group's G copies of a prompt: prefill each distinct prompt once and copy its cache (prefix
+                # sharing; the copies stay adjacent, so the sampled rows are those of the full batch)
+                copies = uniform_copies(input_ids, attention_mask, media)
+                if copies > 1:
+                    keep_rows = torch.arange(0, input_ids.size(0), copies, device=input_ids.device)
+                    rows_ids, rows_mask = input_ids[keep_rows], attention_mask[keep_rows]
+                    inputs = {k: v[keep_rows] if _is_row_tensor(v, input_ids) else v for k, v in inputs.items()}
+                    media = media[::copies]
+            if media is not None and len(media) == rows_ids.size(0) and any(media):
                 # the tower once per distinct image / video; the features enter the prefill as mm_encoder_outputs
                 inputs = {k: v for k, v in inputs.items() if k not in (*_IMAGE_FIELDS, *_VIDEO_FIELDS)}
                 inputs.pop("second_per_grid_ts", None)
                 inputs.pop("mm_token_type_ids", None)
-                keep = media is trainer._captured_media  # the ordered prompts: a frozen tower's features stay cached
+                keep = trainer._gen_media is trainer._captured_media  # ordered prompts: frozen features stay cached
                 with torch.no_grad():
-                    inputs.update(trainer._shared_media_inputs(model, media, input_ids, keep=keep))
+                    inputs.update(trainer._shared_media_inputs(model, media, rows_ids, keep=keep))
             new = trainer._static_decoder(model).generate(
-                {"input_ids": input_ids, "attention_mask": attention_mask, **inputs},
+                {"input_ids": rows_ids, "attention_mask": rows_mask, **inputs},
                 int(g.max_new_tokens),
                 do_sample=bool(g.do_sample),
                 temperature=float(g.temperature or 1.0),
                 top_p=float(g.top_p if g.top_p is not None else 1.0),
                 eos_token_id=list(eos) if isinstance(eos, list | tuple) else eos,
                 suppress_token_ids=list(g.suppress_tokens or []),
+                num_return_sequences=copies,
             )
             return torch.cat([input_ids, new], dim=1)
 
