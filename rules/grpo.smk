@@ -35,10 +35,10 @@ if BUILD_TINY:
             f"{LOGS}/grpo/demo_base.log",
         benchmark:
             f"{LOGS}/grpo/demo_base.benchmark.tsv"
+        priority: PRIORITY_CHAIN
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
-        priority: PRIORITY_CHAIN
         params:
             tasks=" ".join(config["model"]["warm_start"]["tasks"]),
             steps=config["model"]["warm_start"]["steps"],
@@ -66,10 +66,10 @@ rule grpo_stage1:
         f"{LOGS}/grpo/stage1.log",
     benchmark:
         f"{LOGS}/grpo/stage1.benchmark.tsv"
+    priority: PRIORITY_CHAIN
     conda:
         "../environment.yml"
     threads: GRPO["threads"]
-    priority: PRIORITY_CHAIN
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
@@ -100,10 +100,10 @@ if "format_warm_start" in GRPO["stage2"]:
             model=directory(f"{RESULTS}/grpo/stage2/{{task_model}}/format_from_{{start}}/init"),
         log:
             f"{LOGS}/grpo/stage2_format_{{task_model}}_from_{{start}}.log",
+        priority: stage2_priority
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
-        priority: stage2_priority
         params:
             start=stage2_start,
             tasks=stage2_tasks,
@@ -134,10 +134,10 @@ rule grpo_stage2:
         f"{LOGS}/grpo/stage2_{{task_model}}_{{variant}}.log",
     benchmark:
         f"{LOGS}/grpo/stage2_{{task_model}}_{{variant}}.benchmark.tsv"
+    priority: stage2_priority
     conda:
         "../environment.yml"
     threads: GRPO["threads"]
-    priority: stage2_priority
     resources:
         gpu=GRPO["gpus"],
         mem_mb=max(16000, 64000 * GRPO["gpus"]),

@@ -87,9 +87,9 @@ rule t2v_sample:
         f"{LOGS}/stage3/sample_{{gen}}_{{split}}_{{shard}}.log",
     benchmark:
         f"{LOGS}/stage3/sample_{{gen}}_{{split}}_{{shard}}.benchmark.tsv"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
@@ -116,9 +116,9 @@ rule stage3_pair_manifest:
         f"{S3DIR}/samples/{{gen}}/{{split}}/pairs.parquet",
     log:
         f"{LOGS}/stage3/pair_manifest_{{gen}}_{{split}}.log",
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     shell:
         "python -m vqinsight.stage3.pairs manifest --index {input.index:q} --out {output:q} > {log:q} 2>&1"
 
@@ -133,9 +133,9 @@ rule stage3_judge:
         f"{LOGS}/stage3/judge_{{judge}}_{{gen}}_{{split}}.log",
     benchmark:
         f"{LOGS}/stage3/judge_{{judge}}_{{gen}}_{{split}}.benchmark.tsv"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
@@ -160,9 +160,9 @@ rule stage3_select:
         summary=f"{S3DIR}/pairs/{{judge}}/{{gen}}.summary.json",
     log:
         f"{LOGS}/stage3/select_{{judge}}_{{gen}}.log",
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     params:
         mode=S3.get("pairing", "round_robin"),
     shell:
@@ -180,9 +180,9 @@ rule dpo_train:
         f"{LOGS}/stage3/dpo_{{dpo_gen}}.log",
     benchmark:
         f"{LOGS}/stage3/dpo_{{dpo_gen}}.benchmark.tsv"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=S3_GPUS,
@@ -209,9 +209,9 @@ rule stage3_refine_data:
         f"{S3DIR}/refine/united_r{{r}}.parquet",
     log:
         f"{LOGS}/stage3/refine_data_{{r}}.log",
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     params:
         seed=config["seed"],
     shell:
@@ -234,9 +234,9 @@ rule stage3_refine_judge:
         f"{LOGS}/stage3/refine_judge_{{r}}.log",
     benchmark:
         f"{LOGS}/stage3/refine_judge_{{r}}.benchmark.tsv"
+    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
-    priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],
