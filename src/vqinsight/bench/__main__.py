@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "grpo_step": "vqinsight.bench.grpo_step",
     "t2v": "vqinsight.bench.t2v",
     "judge": "vqinsight.bench.judge",
+    "vision": "vqinsight.bench.vision",
 }
 
 

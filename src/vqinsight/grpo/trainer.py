@@ -35,6 +35,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import prepare_multimodal_messages
 
+from vqinsight.models.vision_attention import batch_vision_attention
 from vqinsight.rewards import is_correct, temporal_bonus
 
 logger = logging.getLogger(__name__)
@@ -477,6 +478,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         outside_answer_weight: float = 1.0,
         rollout_engine: str = "hf",
         share_vision: bool = True,
+        batched_vision_attention: bool = True,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -488,6 +490,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         super().__init__(*args, **kwargs)
+        if batched_vision_attention:  # the policy and TRL's reference model (built from the config's path)
+            for m in (self.model, self.ref_model):
+                if m is not None:
+                    batch_vision_attention(m)
         if self.use_vllm:  # TRL's vLLM path passes images only (and would double-feed them to the forwards)
             raise NotImplementedError("VideoGRPOTrainer supports transformers generation only (use_vllm=False)")
         self.temporal = bool(temporal)

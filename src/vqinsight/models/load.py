@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from .vision_attention import batch_vision_attention
+
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype | str] = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -85,6 +87,7 @@ def load_model_and_processor(
     video_pixels: tuple[int, int] | None = None,
     attn_implementation: str | None = None,
     device_map: Any = None,
+    batched_vision_attention: bool = True,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Any]:
     """Load `Qwen2_5_VLForConditionalGeneration` (safetensors only) and its `AutoProcessor`.
 
@@ -95,6 +98,8 @@ def load_model_and_processor(
         image_pixels / video_pixels: (min, max) pixels per image / per video frame, overriding the saved processor.
         attn_implementation: e.g. "sdpa", "eager", "flash_attention_2"; None keeps the transformers default.
         device_map: passed to `from_pretrained`.
+        batched_vision_attention: run the sdpa vision tower's window attention as one batched call per segment
+            length instead of transformers' per-window loop (`vqinsight.models.vision_attention`; same result).
 
     Raises:
         FileNotFoundError: a path-like `name_or_path` that does not exist, or a directory without safetensors.
@@ -132,6 +137,8 @@ def load_model_and_processor(
             f"pre-download it (`huggingface-cli download {name_or_path}`) and/or point HF_HOME at the cache that "
             "holds it, or pass a local model directory instead."
         ) from e
+    if batched_vision_attention:
+        batch_vision_attention(model)
     if image_pixels is not None:
         _set_pixels(getattr(processor, "image_processor", None), image_pixels, "image")
     if video_pixels is not None:
