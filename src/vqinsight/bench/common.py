@@ -67,3 +67,24 @@ def write_result(out: Path, res: dict[str, Any], body: Callable[[], None]) -> in
     atomic_write_json(out, res)
     log.info("wrote %s", out)
     return 0
+
+
+def matmul_peak_tflops(device: Any, n: int = 8192, iters: int = 50) -> dict[str, Any]:
+    """Dense bf16 matmul rate of this GPU, measured now (``n``³ products, best of 3 bursts of ``iters``).
+
+    MFU figures divide by this as well as by fixed peaks, so a run on another GPU kind (H200 vs H100) or clock
+    state has its own ceiling in the same file.
+    """
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(5):  # warm-up (cuBLAS heuristics, clocks)
+        a @ b
+
+    def burst() -> None:
+        for _ in range(iters):
+            a @ b
+
+    best = min(timed(burst, device)[1] for _ in range(3))
+    return {"tflops": 2 * n**3 * iters / best / 1e12, "shape": [n, n, n], "iters": iters, "dtype": "bfloat16"}

@@ -386,7 +386,11 @@ def rollout_summary(step: dict[str, Any], timings: dict[str, float | None]) -> d
 
 
 def update_estimate(
-    step: dict[str, Any], prompt_tokens: int, params_language: int, flops: dict[str, Any] | None = None
+    step: dict[str, Any],
+    prompt_tokens: int,
+    params_language: int,
+    flops: dict[str, Any] | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Tokens of the policy update, the baseline's rough rate (6·N·tokens ×4/3) and, given ``flops`` (from
     ``model_flops``), the model FLOP utilisation of the update phase."""
@@ -404,7 +408,7 @@ def update_estimate(
         total = flops["per_sequence"](prompt_tokens + completion, completion) * n + flops["vision"]
         out["model_flops"] = total
         out["model_tflop_per_s"] = total / seconds / 1e12
-        out["mfu"] = {k: total / seconds / 1e12 / v for k, v in PEAK_TFLOPS.items()}
+        out["mfu"] = {k: total / seconds / 1e12 / v for k, v in (peaks or PEAK_TFLOPS).items()}
         out["mfu_definition"] = flops["definition"]
     return out
 
@@ -570,8 +574,10 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     import torch
     from trl import GRPOConfig
 
+    from vqinsight.bench.common import matmul_peak_tflops
     from vqinsight.grpo.reward_funcs import build_reward_funcs
     from vqinsight.models.tiny import build_processor, build_tokenizer
+    from vqinsight.models.vision_attention import batch_vision_attention
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -608,6 +614,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
         "share_vision": not args.no_share_vision,
+        "vision_attention": "per-window loop (transformers)" if args.vision_attention_loop else "batched",
         "lora": {"r": args.lora, "alpha": 2 * args.lora, "targets": "language-model linears"} if args.lora else None,
         "bf16": cuda,
         "dtype": str(dtype),
@@ -632,11 +639,18 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         }
     )
 
+    mfu_peaks = dict(PEAK_TFLOPS)
+    if cuda:  # this GPU's own bf16 matmul rate, measured in the same run (MFU's "this_run" key)
+        doc["matmul_peak"] = matmul_peak_tflops(device)
+        mfu_peaks["this_run"] = doc["matmul_peak"]["tflops"]
+        log.info("bf16 matmul peak measured now: %.0f TFLOP/s", mfu_peaks["this_run"])
     prompt = make_prompt(args.task, args.nframes, height, width)
     doc["prompt"] = prompt_stats(processor, prompt, ids)
     config = build_7b_config(tokenizer, args.size) if args.size in ARCHS else None
     t0 = time.perf_counter()
     model = build_model(args.size, tokenizer, device, dtype, args.seed)
+    if not args.vision_attention_loop:
+        batch_vision_attention(model)
     doc["model_build_s"] = time.perf_counter() - t0
     settings["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     n_total = sum(p.numel() for p in model.parameters())
@@ -685,7 +699,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
             steps.append({**step, "timings_s": t, "rollout": rollout_summary(step, t)})
         for step in steps:
             step["update_estimate"] = update_estimate(
-                step, doc["prompt"]["tokens"], doc["model"]["params_language"], flops
+                step, doc["prompt"]["tokens"], doc["model"]["params_language"], flops, mfu_peaks
             )
         doc["steps"] = steps
         doc["observed"] = dict(timer.info)
@@ -743,6 +757,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                     temporal_rollouts=args.shuffled,
                     rollout_engine=args.rollout_engine,
                     share_vision=not args.no_share_vision,
+                    batched_vision_attention=not args.vision_attention_loop,
                     peft_config=peft_config,
                 )
             trainer.add_callback(timing_callback(timer, lambda: snapshot("running")))
@@ -779,6 +794,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0: the whole group)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="no activation checkpointing")
     ap.add_argument("--no-share-vision", action="store_true", help="vision tower once per row, as TRL does")
+    ap.add_argument(
+        "--vision-attention-loop",
+        action="store_true",
+        help="keep transformers' per-window sdpa loop in the vision tower (the baseline of batched window attention)",
+    )
     ap.add_argument("--nframes", type=int, default=16)
     ap.add_argument("--frame-pixels", type=int, default=100352, help="pixels per frame (128*28*28: 224x448)")
     ap.add_argument("--generations", type=int, default=8, help="G ordered rollouts (= per-device batch)")
