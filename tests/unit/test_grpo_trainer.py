@@ -611,23 +611,29 @@ def test_shared_vision_equals_per_row_vision_in_logprobs_and_gradients(tiny_dir:
     trainer.model.train()
     trainer.model.double()  # float32 vision gradients of the random tiny model differ ~0.4% by summation order alone
     visual = trainer.model.model.visual
-    calls = {"n": 0}
-    hook = visual.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    calls = {"n": 0, "grids": 0}
+
+    def count(module, args, kwargs, out) -> None:
+        calls["n"] += 1
+        calls["grids"] += len(kwargs.get("grid_thw", args[1] if len(args) > 1 else ()))
+
+    hook = visual.register_forward_hook(count, with_kwargs=True)
     results = {}
     try:
         for share in (False, True):
-            trainer.share_vision, calls["n"] = share, 0
+            trainer.share_vision, calls["n"], calls["grids"] = share, 0, 0
             trainer.model.zero_grad()
             trainer._media_ctx = media
             logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, len(completion))
             logps.sum().backward()
             grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-            results[share] = (logps.detach(), grads, calls["n"])
+            results[share] = (logps.detach(), grads, (calls["n"], calls["grids"]))
     finally:
         hook.remove()
         trainer._media_ctx = None
     (lp0, g0, n0), (lp1, g1, n1) = results[False], results[True]
-    assert n0 == 1 and n1 == 3  # one batched call over 8 videos vs one call per distinct video
+    # per row: one call over all 8 videos; shared: one call over the 3 distinct videos
+    assert n0 == (1, 8) and n1 == (1, 3)
     torch.testing.assert_close(lp1, lp0, atol=1e-9, rtol=1e-9)
     assert g0.keys() == g1.keys() and any(k.startswith("model.visual") for k in g1)
     errs = {k: float((g1[k] - g0[k]).norm() / g0[k].norm().clamp(min=1e-30)) for k in g0}

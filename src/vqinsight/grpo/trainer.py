@@ -895,10 +895,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         inner = base.model
         frozen = not any(p.requires_grad for p in inner.visual.parameters())
-        local: dict[tuple, torch.Tensor] = {}
+        grad = torch.is_grad_enabled() and not frozen
         outputs = {}
         for kind, (pix, grid) in (("image", _IMAGE_FIELDS), ("video", _VIDEO_FIELDS)):
-            feats = []
+            order: list[tuple] = []  # each row's media keys in placeholder order
+            todo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # distinct keys the tower must encode
             for row in media:
                 if grid not in row:
                     continue
@@ -906,23 +907,32 @@ class VideoGRPOTrainer(GRPOTrainer):
                 for key, g in zip(row[f"{kind}_keys"], row[grid], strict=True):
                     n = int(g.prod())
                     ck = (id(inner), kind, key)
-                    if ck in local:
-                        feats.append(local[ck])
-                    elif keep and frozen and ck in self._vision_cache:
-                        feats.append(self._vision_cache[ck])
-                    else:
-                        fn = inner.get_image_features if kind == "image" else inner.get_video_features
-                        item = row[pix][offset : offset + n].to(input_ids.device)
-                        grad = torch.is_grad_enabled() and not frozen
-                        with self.accelerator.autocast(), torch.set_grad_enabled(grad):
-                            f = fn(item, g[None].to(input_ids.device), return_dict=True).pooler_output[0]
-                        local[ck] = f
-                        if keep and frozen:
-                            self._vision_cache[ck] = f.detach()
-                        feats.append(f)
+                    order.append(ck)
+                    if ck not in todo and not (keep and frozen and ck in self._vision_cache):
+                        todo[ck] = (row[pix][offset : offset + n], g)
                     offset += n
-            if feats:
-                outputs[kind] = BaseModelOutputWithPooling(pooler_output=tuple(feats))
+            if not order:
+                continue
+            local: dict[tuple, torch.Tensor] = {}
+            if todo:
+                # Without gradients one tower call encodes every distinct item (windows never cross items, so the
+                # features equal per-item calls exactly on CPU). A trained tower keeps one call per item: its
+                # weight gradients then sum in the same order as before, and the demo's small GRPO runs are
+                # sensitive to that order (one batched run of the `comp` model learned 12 instead of 19 points).
+                fn = inner.get_image_features if kind == "image" else inner.get_video_features
+                chunks = [list(todo.values())] if not grad else [[item] for item in todo.values()]
+                encoded = []
+                for chunk in chunks:
+                    items = torch.cat([item for item, _ in chunk]).to(input_ids.device)
+                    grids = torch.stack([g for _, g in chunk]).to(input_ids.device)
+                    with self.accelerator.autocast(), torch.set_grad_enabled(grad):
+                        encoded.extend(fn(items, grids, return_dict=True).pooler_output)
+                for ck, f in zip(todo, encoded, strict=True):
+                    local[ck] = f
+                    if keep and frozen:
+                        self._vision_cache[ck] = f.detach()
+            feats = [local[ck] if ck in local else self._vision_cache[ck] for ck in order]
+            outputs[kind] = BaseModelOutputWithPooling(pooler_output=tuple(feats))
         if outputs:
             out["mm_encoder_outputs"] = outputs
         return out
