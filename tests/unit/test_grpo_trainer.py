@@ -628,14 +628,20 @@ def test_shared_vision_equals_per_row_vision_in_logprobs_and_gradients(tiny_dir:
             logps.sum().backward()
             grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
             results[share] = (logps.detach(), grads, (calls["n"], calls["grids"]))
+        calls["n"], calls["grids"], trainer._media_ctx = 0, 0, media
+        with torch.no_grad():  # without gradients: one tower call over the distinct videos
+            lp2, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, len(completion))
+        n2 = (calls["n"], calls["grids"])
     finally:
         hook.remove()
         trainer._media_ctx = None
     (lp0, g0, n0), (lp1, g1, n1) = results[False], results[True]
-    # per row: one call over all 8 videos; shared: one call over the 3 distinct videos
-    assert n0 == (1, 8) and n1 == (1, 3)
+    # per row: one call over all 8 videos; shared, tower trained: one call per distinct video
+    assert n0 == (1, 8) and n1 == (3, 3)
     torch.testing.assert_close(lp1, lp0, atol=1e-9, rtol=1e-9)
     assert g0.keys() == g1.keys() and any(k.startswith("model.visual") for k in g1)
+    assert n2 == (1, 3)
+    torch.testing.assert_close(lp2, lp0, atol=1e-9, rtol=1e-9)
     errs = {k: float((g1[k] - g0[k]).norm() / g0[k].norm().clamp(min=1e-30)) for k in g0}
     assert max(errs.values()) < 1e-6, max(errs.items(), key=lambda kv: kv[1])
 
