@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "t2v": "vqinsight.bench.t2v",
     "judge": "vqinsight.bench.judge",
     "vision": "vqinsight.bench.vision",
+    "dag": "vqinsight.bench.dag",
 }
 
 
