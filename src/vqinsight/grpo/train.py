@@ -265,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     scale = (a.scale[0], a.scale[1])
     cuda = torch.cuda.is_available()
     tk = dict(recipe.trainer)
+    if not cuda and tk.get("bf16", True):
+        # TRL's GRPOConfig autocasts to bf16 unless told otherwise; on a CPU that emulates bf16 matmuls and
+        # attention, and the demo's steps ran 28 % slower than in float32 (docs/PERFORMANCE.md, issue 7 target 4).
+        log.info("no CUDA device: training in float32 (bf16 autocast off)")
+        tk["bf16"] = False
     dtype = "bfloat16" if cuda and tk.get("bf16") else "float32"
     try:
         model, processor = load_model_and_processor(
