@@ -144,6 +144,23 @@ PRIORITY_LONG = 10  # the judge task model's ablations: as long as the chain's s
 STAGE3_JUDGE_TM = (config.get("stage3") or {}).get("judge", {}).get("task_model")
 
 
+def _chain_datasets():
+    """Datasets the chain reads: the warm start's, stage 1's and the stage-3 judge's stage-2 model's (training and
+    held-out). Their download, manifest and frame cache share the chain's priority: priorities are not inherited by
+    a job's inputs, and a late held-out manifest once held the chain's stage-2 job back by three minutes."""
+    names = set(config["model"].get("warm_start", {}).get("datasets", []))
+    names |= set(GRPO["stage1"]["datasets"]) | set(GRPO["stage1"].get("eval_datasets", []))
+    spec = GRPO["stage2"]["task_models"].get(STAGE3_JUDGE_TM, {})
+    return names | set(spec.get("datasets", [])) | set(spec.get("eval_datasets", []))
+
+
+CHAIN_DATASETS = _chain_datasets()
+
+
+def data_priority(wildcards):
+    return PRIORITY_CHAIN if wildcards.dataset in CHAIN_DATASETS else 0
+
+
 def stage2_priority(wildcards):
     """The stage-3 judge's task model first: its full model (and its format warm start) is on the chain."""
     if wildcards.task_model != STAGE3_JUDGE_TM:

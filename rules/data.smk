@@ -6,6 +6,7 @@ rule download:
         stamp=f"{RAW}/{{dataset}}/.fetched.json",
     log:
         f"{LOGS}/data/download_{{dataset}}.log",
+    priority: data_priority
     conda:
         "../environment.yml"
     resources:
@@ -29,6 +30,7 @@ rule manifest:
     log:
         main=f"{LOGS}/data/manifest_{{dataset}}.log",
         quarantine=f"{RESULTS}/quarantine/{{dataset}}.csv",
+    priority: data_priority
     conda:
         "../environment.yml"
     threads: config["data"]["workers"]
@@ -55,6 +57,7 @@ rule frame_cache:
         index=f"{RESULTS}/frames/{{dataset}}.json",
     log:
         f"{LOGS}/data/frame_cache_{{dataset}}.log",
+    priority: data_priority
     conda:
         "../environment.yml"
     threads: config["data"]["workers"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,24 @@ def test_demo_config_does_not_inherit_paper_urls(tmp_path):
     p = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
     assert job_counts(p.stdout)["download"] == len(DATASET_KEYS)
     assert "huggingface.co" not in p.stdout and '"source": "synthetic"' in p.stdout
+
+
+def test_chain_datasets_are_prepared_first(tmp_path):
+    """Priorities are not inherited by a job's inputs: the data that the chain (warm start, stage 1, the stage-3
+    judge's stage-2 model) reads carries the chain's priority, the other datasets none."""
+    p = smk("-n", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
+    prio: dict[tuple[str, str], int] = {}
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
+        rule = block.split()[1].rstrip(":")
+        ds = re.search(r"^\s+wildcards: dataset=(\w+)$", block, flags=re.M)
+        if rule in ("download", "manifest", "frame_cache") and ds:
+            pr = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
+            prio[rule, ds.group(1)] = int(pr.group(1)) if pr else 0
+    for rule in ("download", "manifest", "frame_cache"):
+        for ds in ("koniq", "visionreward", "monetbench"):  # warm start / stage 1, and comp's training + held-out
+            if (rule, ds) != ("frame_cache", "koniq"):  # images: no frame cache
+                assert prio.get((rule, ds)) == 20, (rule, ds, prio)
+    assert prio[("manifest", "lsvq")] == 0 and prio[("download", "genaibench")] == 0, prio
 
 
 @pytest.mark.parametrize(
