@@ -59,6 +59,20 @@ def test_greedy_tokens_equal_generate_on_a_padded_multimodal_batch(loaded):
     assert not torch.isin(out, torch.tensor(sup)).any(), "vision placeholders are never produced"
 
 
+def test_sdpa_attention_gives_the_same_greedy_tokens_and_close_scores(loaded):
+    """The CUDA default (one sdpa call per layer) against the CPU default (two matmuls) on the same batch."""
+    model, processor = loaded
+    enc = _batch(processor)
+    mm, sd = StaticDecoder(model, attention="matmul"), StaticDecoder(model, attention="sdpa")
+    assert not mm.sdpa and sd.sdpa and not StaticDecoder(model).sdpa, "auto picks matmul on the CPU"
+    assert torch.equal(sd.generate(enc, 40, do_sample=False), mm.generate(enc, 40, do_sample=False))
+    cont = [[[5, 6, 7], [8]], [[9, 10], [11, 12]], [[13], [14, 15, 16]]]
+    scored = [[2, 1], [1, 2], [1, 3]]
+    torch.testing.assert_close(sd.score(enc, cont, scored), mm.score(enc, cont, scored), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="attention must be"):
+        StaticDecoder(model, attention="flash")
+
+
 def test_eos_pads_the_rest_of_a_row_and_a_second_call_reuses_the_buffers(loaded):
     model, processor = loaded
     enc = _batch(processor)

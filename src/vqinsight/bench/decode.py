@@ -136,8 +136,9 @@ def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
         with torch.no_grad():
             _, row["prefill_s"] = timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
             model.model.rope_deltas = None
-            for name in ("static_decoder", "static_decoder_greedy", "fused", "fused_compiled", "hf_generate"):
-                if name in ("fused", "fused_compiled") and b not in a.variant_batches:
+            names = ("static_decoder", "static_decoder_greedy", "fused", "fused_compiled", "fused_compiled_matmul")
+            for name in (*names, "hf_generate"):
+                if name.startswith("fused") and b not in a.variant_batches:
                     continue
                 if name == "hf_generate":
 
@@ -151,8 +152,16 @@ def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
                     def call(enc=enc):
                         return dec.generate(enc, a.new_tokens, do_sample=False)
 
-                elif name in ("fused", "fused_compiled"):
-                    variant = StaticDecoder(model, timing=True, fuse_weights=True, compile=name == "fused_compiled")
+                elif name.startswith("fused"):
+                    # fused_compiled_matmul: the step's attention as two matmuls (the CPU default, and the CUDA one
+                    # until 2026-12-02) instead of one sdpa call: the same-run baseline of that change
+                    variant = StaticDecoder(
+                        model,
+                        timing=True,
+                        fuse_weights=True,
+                        compile=name != "fused",
+                        attention="matmul" if name.endswith("matmul") else "auto",
+                    )
 
                     def call(enc=enc, variant=variant):
                         out = variant.generate(enc, a.new_tokens, **sample)
