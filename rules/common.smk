@@ -141,6 +141,8 @@ STAGE2_STARTS = ("stage1", "base")
 PRIORITY_CHAIN = 20  # the chain itself
 PRIORITY_STAGE3 = 15  # stage-3 rounds (each waits for the previous one)
 PRIORITY_LONG = 10  # the judge task model's ablations: as long as the chain's stage-2 job
+PRIORITY_TRAIN = 5  # every other training job (stage 2, SFT baselines): before the many short evaluation jobs, which
+# then fill the second slot to the end instead of leaving a training chain (format -> GRPO -> judge) for the tail
 STAGE3_JUDGE_TM = (config.get("stage3") or {}).get("judge", {}).get("task_model")
 
 
@@ -164,7 +166,7 @@ def data_priority(wildcards):
 def stage2_priority(wildcards):
     """The stage-3 judge's task model first: its full model (and its format warm start) is on the chain."""
     if wildcards.task_model != STAGE3_JUDGE_TM:
-        return 0
+        return PRIORITY_TRAIN
     if "start" in wildcards.keys():
         return PRIORITY_CHAIN if wildcards.start == "stage1" else PRIORITY_LONG
     return PRIORITY_CHAIN if wildcards.variant == "full" else PRIORITY_LONG

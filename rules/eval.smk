@@ -21,6 +21,7 @@ if any(v["type"] == "sft" for v in BASELINES.values()):
             f"{LOGS}/eval/sft_{{task_model}}.log",
         benchmark:
             f"{LOGS}/eval/sft_{{task_model}}.benchmark.tsv"
+        priority: PRIORITY_TRAIN
         conda:
             "../environment.yml"
         threads: GRPO["threads"]

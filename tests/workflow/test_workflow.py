@@ -112,7 +112,7 @@ def test_demo_config_does_not_inherit_paper_urls(tmp_path):
     assert "huggingface.co" not in p.stdout and '"source": "synthetic"' in p.stdout
 
 
-def test_chain_datasets_are_prepared_first(tmp_path):
+def test_chain_datasets_are_prepared_first_and_training_before_evaluation(tmp_path):
     """Priorities are not inherited by a job's inputs: the data that the chain (warm start, stage 1, the stage-3
     judge's stage-2 model) reads carries the chain's priority, the other datasets none."""
     p = smk("-n", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
@@ -128,6 +128,17 @@ def test_chain_datasets_are_prepared_first(tmp_path):
             if (rule, ds) != ("frame_cache", "koniq"):  # images: no frame cache
                 assert prio.get((rule, ds)) == 20, (rule, ds, prio)
     assert prio[("manifest", "lsvq")] == 0 and prio[("download", "genaibench")] == 0, prio
+    # every other training job goes before the evaluation jobs, which then fill the second slot to the end
+    jobs = {}
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
+        wc = re.search(r"^\s+wildcards: (.+)$", block, flags=re.M)
+        pr = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
+        jobs[block.split()[1].rstrip(":"), wc.group(1) if wc else ""] = int(pr.group(1)) if pr else 0
+    assert jobs["grpo_stage2", "task_model=comp, variant=full"] == 20, jobs
+    assert jobs["grpo_stage2", "task_model=aigcvideo, variant=full"] == 5
+    assert jobs["stage2_format", "task_model=aigcvideo, start=stage1"] == 5
+    assert jobs["sft_baseline", "task_model=naturalvideo"] == 5
+    assert jobs["judge_predict", "system=base, benchmark=lgvq"] == 0
 
 
 @pytest.mark.parametrize(
