@@ -114,7 +114,7 @@ def test_demo_config_does_not_inherit_paper_urls(tmp_path):
 
 def test_chain_datasets_are_prepared_first_and_training_before_evaluation(tmp_path):
     """Priorities are not inherited by a job's inputs: the data that the chain (warm start, stage 1, the stage-3
-    judge's stage-2 model) reads carries the chain's priority, the other datasets none."""
+    judge's stage-2 model) reads carries the chain's priority, the other datasets the stage-3 rounds' one."""
     p = smk("-n", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
     prio: dict[tuple[str, str], int] = {}
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
@@ -127,7 +127,7 @@ def test_chain_datasets_are_prepared_first_and_training_before_evaluation(tmp_pa
         for ds in ("koniq", "visionreward", "monetbench"):  # warm start / stage 1, and comp's training + held-out
             if (rule, ds) != ("frame_cache", "koniq"):  # images: no frame cache
                 assert prio.get((rule, ds)) == 20, (rule, ds, prio)
-    assert prio[("manifest", "lsvq")] == 0 and prio[("download", "genaibench")] == 0, prio
+    assert prio[("manifest", "lsvq")] == 15 and prio[("frame_cache", "lgvq")] == 15, prio  # before stage 2 reads it
     # every other training job goes before the evaluation jobs, which then fill the second slot to the end
     jobs = {}
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
