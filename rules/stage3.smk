@@ -63,6 +63,7 @@ rule stage3_prompts:
         heldout=f"{S3DIR}/prompts/heldout.jsonl",
     log:
         f"{LOGS}/stage3/prompts.log",
+    priority: PRIORITY_STAGE3  # the rounds' first job: at 0 it waited behind the evaluation jobs
     conda:
         "../environment.yml"
     params:

@@ -139,6 +139,7 @@ def test_chain_datasets_are_prepared_first_and_training_before_evaluation(tmp_pa
     assert jobs["stage2_format", "task_model=aigcvideo, start=stage1"] == 5
     assert jobs["sft_baseline", "task_model=naturalvideo"] == 5
     assert jobs["judge_predict", "system=base, benchmark=lgvq"] == 0
+    assert jobs["stage3_prompts", ""] == 15, "the stage-3 rounds start as soon as their prompts can be drawn"
 
 
 @pytest.mark.parametrize(
