@@ -116,24 +116,18 @@ def test_chain_datasets_are_prepared_first_and_training_before_evaluation(tmp_pa
     """Priorities are not inherited by a job's inputs: the data that the chain (warm start, stage 1, the stage-3
     judge's stage-2 model) reads carries the chain's priority, the other datasets the stage-3 rounds' one."""
     p = smk("-n", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path)
-    prio: dict[tuple[str, str], int] = {}
+    jobs: dict[tuple[str, str], int] = {}  # (rule, wildcards) -> priority
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
-        rule = block.split()[1].rstrip(":")
-        ds = re.search(r"^\s+wildcards: dataset=(\w+)$", block, flags=re.M)
-        if rule in ("download", "manifest", "frame_cache") and ds:
-            pr = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
-            prio[rule, ds.group(1)] = int(pr.group(1)) if pr else 0
+        wc = re.search(r"^\s+wildcards: (.+)$", block, flags=re.M)
+        pr = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
+        jobs[block.split()[1].rstrip(":"), wc.group(1) if wc else ""] = int(pr.group(1)) if pr else 0
+    prio = {(rule, wc.removeprefix("dataset=")): v for (rule, wc), v in jobs.items() if wc.startswith("dataset=")}
     for rule in ("download", "manifest", "frame_cache"):
         for ds in ("koniq", "visionreward", "monetbench"):  # warm start / stage 1, and comp's training + held-out
             if (rule, ds) != ("frame_cache", "koniq"):  # images: no frame cache
                 assert prio.get((rule, ds)) == 20, (rule, ds, prio)
     assert prio[("manifest", "lsvq")] == 15 and prio[("frame_cache", "lgvq")] == 15, prio  # before stage 2 reads it
     # every other training job goes before the evaluation jobs, which then fill the second slot to the end
-    jobs = {}
-    for block in re.split(r"^(?=(?:local)?rule \w+:$)", p.stdout, flags=re.M)[1:]:
-        wc = re.search(r"^\s+wildcards: (.+)$", block, flags=re.M)
-        pr = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
-        jobs[block.split()[1].rstrip(":"), wc.group(1) if wc else ""] = int(pr.group(1)) if pr else 0
     assert jobs["grpo_stage2", "task_model=comp, variant=full"] == 20, jobs
     assert jobs["grpo_stage2", "task_model=aigcvideo, variant=full"] == 5
     assert jobs["stage2_format", "task_model=aigcvideo, start=stage1"] == 5

@@ -37,7 +37,14 @@ from typing import Any
 import yaml
 
 from ..config import recipe_from_mapping
-from ..grpo.common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
+from ..grpo.common import (
+    add_media_args,
+    cpu_float32,
+    media_spec,
+    processor_pixels,
+    save_atomically,
+    seed_everything,
+)
 from ..grpo.train import _callbacks, _held_out, claim_checkpoint_dir, curves_table, latest_checkpoint, run_fingerprint
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
 
@@ -266,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(a.seed)
     scale = (a.scale[0], a.scale[1])
     cuda = torch.cuda.is_available()
-    tk = dict(recipe.trainer)
-    if not cuda and tk.get("bf16", True):
-        log.info("no CUDA device: training in float32 (bf16 off)")
-        tk["bf16"] = False
+    tk = cpu_float32(dict(recipe.trainer), cuda, log)
     dtype = "bfloat16" if cuda and tk.get("bf16") else "float32"
     try:
         model, processor = load_model_and_processor(

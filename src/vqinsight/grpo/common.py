@@ -55,3 +55,12 @@ def save_atomically(model, processor, out_dir: str | os.PathLike) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def cpu_float32(trainer_kwargs: dict, cuda: bool, log) -> dict:
+    """Without CUDA, turn off bf16 (TRL's configs autocast to bf16 by default): on a CPU that emulates bf16 matmuls
+    and attention, and the demo's GRPO steps ran 28 % slower than in float32 (docs/PERFORMANCE.md, issue 7)."""
+    if not cuda and trainer_kwargs.get("bf16", True):
+        log.info("no CUDA device: training in float32 (bf16 autocast off)")
+        trainer_kwargs["bf16"] = False
+    return trainer_kwargs

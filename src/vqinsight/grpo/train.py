@@ -32,7 +32,7 @@ import yaml
 
 from ..config import recipe_from_mapping
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
-from .common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
+from .common import add_media_args, cpu_float32, media_spec, processor_pixels, save_atomically, seed_everything
 
 log = logging.getLogger("vqinsight.grpo")
 COMPLETE = "COMPLETE"
@@ -264,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(a.seed)
     scale = (a.scale[0], a.scale[1])
     cuda = torch.cuda.is_available()
-    tk = dict(recipe.trainer)
-    if not cuda and tk.get("bf16", True):
-        # TRL's GRPOConfig autocasts to bf16 unless told otherwise; on a CPU that emulates bf16 matmuls and
-        # attention, and the demo's steps ran 28 % slower than in float32 (docs/PERFORMANCE.md, issue 7 target 4).
-        log.info("no CUDA device: training in float32 (bf16 autocast off)")
-        tk["bf16"] = False
+    tk = cpu_float32(dict(recipe.trainer), cuda, log)
     dtype = "bfloat16" if cuda and tk.get("bf16") else "float32"
     try:
         model, processor = load_model_and_processor(
