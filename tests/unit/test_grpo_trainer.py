@@ -750,3 +750,32 @@ def test_uniform_copies_needs_equal_tokens_padding_and_media_keys_in_runs_of_one
     padded[1, 0] = 1
     assert uniform_copies(ids, padded, vid) == 1
     assert uniform_copies(ids[:3], mask[:3], vid[:3]) == 1  # runs of 2 and 1
+
+
+def test_gradient_checkpointing_hooks_do_not_pile_up_over_steps(tiny_dir: Path, tmp_path: Path) -> None:
+    """TRL toggles checkpointing around each generation; every toggle used to add one more input-grad hook on the
+    embeddings (run by every forward, and a torch.compile guard failure per rollout call)."""
+    from transformers import TrainerCallback
+
+    trainer = make_trainer(
+        tiny_dir,
+        tmp_path,
+        [0, 1],
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=3,
+        gradient_checkpointing=True,
+        temporal=True,
+        rollout_engine="static",
+    )
+    embed = trainer.accelerator.unwrap_model(trainer.model).get_input_embeddings()
+    counts: list[int] = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            counts.append(len(embed._forward_hooks))
+
+    trainer.add_callback(Count())
+    trainer.train()
+    assert len(counts) == 3 and counts[0] >= 1, counts
+    assert counts == [counts[0]] * 3, f"embedding forward hooks per step: {counts}"

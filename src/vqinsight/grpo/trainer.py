@@ -437,6 +437,31 @@ class UnitRepeatSampler(torch.utils.data.Sampler):
         return len(self.chunks(probe)) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
+def _stop_input_grad_hook_leak(model: Any) -> None:
+    """Make ``enable_input_require_grads`` replace its embedding hooks instead of adding more.
+
+    With gradient checkpointing, TRL switches checkpointing off and on around every generation call, and each
+    ``gradient_checkpointing_enable()`` (transformers 5.24) registers one more ``make_inputs_require_grads`` forward
+    hook on the input embeddings without removing the previous one: 2 -> 3 -> 5 -> 8 hooks after a few tiny steps,
+    every one of them run by every later forward, for the whole run. The growing hook dict also fails torch.compile's
+    guards, so the compiled decode step recompiled on nearly every rollout call (~40 s each on the 7B). Each
+    PreTrainedModel inside ``model`` gets an instance-level ``enable_input_require_grads`` that first removes the
+    hooks its previous call registered (``disable_input_require_grads``), then registers them again.
+    """
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel) or "enable_input_require_grads" in vars(m):
+            continue
+        enable = m.enable_input_require_grads
+
+        def replace(m: Any = m, enable: Any = enable) -> None:
+            m.disable_input_require_grads()
+            enable()
+
+        m.enable_input_require_grads = replace
+
+
 class VideoGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` (1.16.0) for Qwen2.5-VL prompts with 0-2 videos and/or images per row.
 
@@ -490,6 +515,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         super().__init__(*args, **kwargs)
+        _stop_input_grad_hook_leak(self.model)
         if batched_vision_attention:  # the policy and TRL's reference model (built from the config's path)
             for m in (self.model, self.ref_model):
                 if m is not None:
@@ -648,8 +674,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             getattr(self, "is_deepspeed_enabled", False)
             and getattr(getattr(self.accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
         )
-        if zero3:
-            return StaticDecoder(base)
+        if zero3:  # parameters are gathered per call: no compiled step, no cached decoder
+            return StaticDecoder(base, compile=False)
         if self._decoder is None or self._decoder.model is not base:
             self._decoder = StaticDecoder(base)
         return self._decoder
