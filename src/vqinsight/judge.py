@@ -89,6 +89,19 @@ UNIFIEDREWARD_COMPARISON = (
 )
 
 
+def _plain_projections(model: Any) -> bool:
+    """True when every attention and MLP projection of the language model is a plain ``torch.nn.Linear``."""
+    import torch
+
+    names = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    for layer in model.model.language_model.layers:
+        mods = [getattr(layer.self_attn, n, None) for n in names[:3]]
+        mods += [getattr(layer.mlp, n, None) for n in names[3:]]
+        if any(type(m) is not torch.nn.Linear for m in mods):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Item:
     """One judgment to make: a manifest row, in a given order for comparisons."""
@@ -328,7 +341,9 @@ class Judge:
         if engine == "static":
             from .fastdecode import StaticDecoder
 
-            self.decoder = StaticDecoder(model)
+            # the judge's weights never change: on CUDA fuse QKV and gate/up (4 matmuls per layer instead of 7;
+            # +~8.5 GB on the 7B), unless PEFT wraps the projections (their .weight would miss the adapter)
+            self.decoder = StaticDecoder(model, fuse_weights=self.device.type == "cuda" and _plain_projections(model))
 
     def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
         if self.vision is not None:

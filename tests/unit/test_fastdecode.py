@@ -161,3 +161,106 @@ def test_prefix_sharing_prefills_once_and_matches_repeated_prompts(loaded):
     torch.manual_seed(0)
     sampled = dec.generate(enc, 16, temperature=1.0, num_return_sequences=3)
     assert not all(torch.equal(sampled[3 * r], sampled[3 * r + 1]) for r in range(3)), "copies sample independently"
+
+
+def _sorted_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """transformers' rule, written independently: keep tokens in order of probability until the mass reaches top_p."""
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    probs = torch.softmax(logits.double(), dim=-1)
+    for r in range(logits.shape[0]):
+        order = torch.argsort(probs[r], descending=True)
+        mass = 0.0
+        for t in order.tolist():
+            keep[r, t] = True
+            mass += float(probs[r, t])
+            if mass >= top_p:
+                break
+    return keep
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999])
+def test_top_p_bisection_keeps_the_sorted_nucleus(top_p):
+    from vqinsight.fastdecode import _top_p_bisect
+
+    g = torch.Generator().manual_seed(int(top_p * 1000))
+    rows = [
+        torch.randn(300, generator=g) * 0.1,  # nearly flat (random weights): most of the vocabulary is kept
+        torch.randn(300, generator=g) * 3.0,  # peaked: a few tokens
+        torch.randn(300, generator=g) * 8.0,  # one token dominates
+        torch.cat([torch.full((5,), 4.0), torch.randn(295, generator=g)]),  # a tie group at the top
+    ]
+    logits = torch.stack(rows).float()
+    out = _top_p_bisect(logits, top_p)
+    kept = torch.isfinite(out)
+    assert torch.equal(out[kept], logits[kept]), "kept logits are unchanged"
+    ref = _sorted_nucleus(logits, top_p)
+    # the sorted rule breaks the tie of row 3 by position; bisection keeps the whole tie group
+    for r in range(3):
+        assert torch.equal(kept[r], ref[r]), (r, int(kept[r].sum()), int(ref[r].sum()))
+    assert (kept[3] >= ref[3]).all() and int(kept[3].sum()) <= int(ref[3].sum()) + 4
+    assert kept.any(dim=-1).all(), "the most probable token always stays"
+
+
+def test_bisection_and_sort_draw_the_same_tokens(loaded):
+    """Same seed, same Gumbel noise, same nucleus: the CUDA default (bisect) samples what the CPU default does."""
+    model, processor = loaded
+    enc = _batch(processor)
+    sort, bisect = StaticDecoder(model, top_p_method="sort"), StaticDecoder(model, top_p_method="bisect")
+    assert not StaticDecoder(model).bisect_top_p, "auto sorts on the CPU"
+    for top_p in (0.5, 0.95):
+        torch.manual_seed(3)
+        a = sort.generate(enc, 24, temperature=1.0, top_p=top_p)
+        torch.manual_seed(3)
+        b = bisect.generate(enc, 24, temperature=1.0, top_p=top_p)
+        assert torch.equal(a, b), top_p
+    with pytest.raises(ValueError, match="top_p_method"):
+        StaticDecoder(model, top_p_method="heap")
+
+
+def test_length_buckets_reuse_one_cache_across_prompt_lengths(loaded):
+    model, processor = loaded
+    enc = _batch(processor)
+    exact = StaticDecoder(model)
+    assert exact.length_bucket == 1, "exact lengths on the CPU by default"
+    dec = StaticDecoder(model, length_bucket=64)
+    out = dec.generate(enc, 20, do_sample=False)
+    assert torch.equal(out, exact.generate(enc, 20, do_sample=False))
+    (key,) = dec._states
+    assert key[1] % 64 == 0 and key[1] >= enc["input_ids"].shape[1] + 20
+    state = dec._states[key]
+    # one more left-pad column: a longer prompt in the same bucket reuses the cache (stale slots are masked)
+    longer = dict(enc)
+    for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        if name in enc:
+            pad = processor.tokenizer.pad_token_id if name == "input_ids" else 0
+            longer[name] = torch.nn.functional.pad(enc[name], (1, 0), value=pad)
+    if key[1] >= longer["input_ids"].shape[1] + 20:
+        again = dec.generate(longer, 20, do_sample=False)
+        assert dec._states[key] is state
+        assert torch.equal(again, out)
+    with pytest.raises(ValueError, match="length_bucket"):
+        StaticDecoder(model, length_bucket=0)
+
+
+def test_a_failing_compile_falls_back_to_the_eager_step(loaded, monkeypatch, caplog):
+    model, processor = loaded
+    enc = _batch(processor)
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            calls.append(fn.__name__)
+            raise RuntimeError("no working C compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    dec = StaticDecoder(model, compile=True, top_p_method="bisect")
+    assert dec.compiled
+    with caplog.at_level("WARNING", logger="vqinsight.fastdecode"):
+        torch.manual_seed(0)
+        out = dec.generate(enc, 12, temperature=1.0, top_p=0.9)
+    assert not dec.compiled and sorted(set(calls)) == ["_forward", "_top_p_bisect"]
+    assert "running it eagerly" in caplog.text
+    torch.manual_seed(0)
+    assert torch.equal(out, StaticDecoder(model, top_p_method="bisect").generate(enc, 12, temperature=1.0, top_p=0.9))

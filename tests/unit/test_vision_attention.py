@@ -100,3 +100,17 @@ def test_bench_vision_cpu_smoke(tmp_path) -> None:
     res = json.loads(out.read_text())["results"]
     assert res["forward/max_abs_diff_features"] == 0.0 and res["forward_backward/max_abs_diff_input_grad"] == 0.0
     assert res["forward/loop"]["median_s"] > 0 and res["forward_backward/speedup"] > 0
+
+
+def test_unbatch_restores_transformers_forward() -> None:
+    from vqinsight.models.tiny import build_model, build_tokenizer
+    from vqinsight.models.vision_attention import batch_vision_attention, unbatch_vision_attention
+
+    model = build_model(build_tokenizer(), seed=0)
+    n = batch_vision_attention(model)
+    assert n > 0
+    patched = [m for m in model.modules() if "forward" in vars(m)]
+    assert len(patched) == n
+    assert unbatch_vision_attention(model) == n
+    assert not [m for m in model.modules() if "forward" in vars(m)]
+    assert unbatch_vision_attention(model) == 0

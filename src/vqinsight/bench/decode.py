@@ -56,7 +56,7 @@ def make_inputs(model, batch: int, device, frames: int = 16, size: int = 448, se
     }
 
 
-def correctness(model, device, n_new: int) -> dict[str, Any]:
+def correctness(model, device, n_new: int, shape: tuple[int, int] = (16, 448)) -> dict[str, Any]:
     """The decoder's greedy logits vs a teacher-forced transformers forward over the same tokens; graph vs eager.
 
     Random weights give nearly flat logits over 152k tokens, so bf16 rounding flips many argmaxes even when the
@@ -65,7 +65,7 @@ def correctness(model, device, n_new: int) -> dict[str, Any]:
 
     from vqinsight.fastdecode import StaticDecoder
 
-    enc = make_inputs(model, 2, device, seed=1)
+    enc = make_inputs(model, 2, device, *shape, seed=1)
     eager = StaticDecoder(model, use_cuda_graph=False)
     recorded: list[torch.Tensor] = []
     sample = eager._sample
@@ -120,26 +120,88 @@ def load_model(size: str):
     return model, device
 
 
+#: the decoders timed besides generate(): StaticDecoder keyword arguments. "static_decoder" is the project's default
+#: (GRPO rollouts: eager step in a CUDA graph, sorted top-p, lengths in buckets of 256 on CUDA); "fused" the judge's
+#: (frozen weights: fused QKV and gate/up); "_compiled" adds torch.compile (and with it the bisection top-p on CUDA);
+#: "_sort" and "_matmul" undo one change each. In docs/bench/2026-12-02-h200-decode-32-compiled-default.json, measured
+#: while compile was briefly the CUDA default, "static_decoder" is today's "static_decoder_compiled" and
+#: "static_decoder_eager" today's "static_decoder" with exact lengths.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "static_decoder": {},
+    "static_decoder_greedy": {"greedy": True},
+    "static_decoder_compiled": {"compile": True},
+    "fused": {"fuse_weights": True},
+    "fused_compiled": {"fuse_weights": True, "compile": True},
+    "fused_compiled_sort": {"fuse_weights": True, "compile": True, "top_p_method": "sort"},
+    "fused_compiled_matmul": {"fuse_weights": True, "compile": True, "attention": "matmul"},
+}
+DEFAULT_VARIANTS = ("static_decoder", "static_decoder_compiled", "fused", "fused_compiled")
+
+
+def vision_attention(model, batched: bool) -> None:
+    """The project's batched vision window attention (what its loader installs) on or off (transformers' loop)."""
+    from vqinsight.models.vision_attention import batch_vision_attention, unbatch_vision_attention
+
+    (batch_vision_attention if batched else unbatch_vision_attention)(model)
+
+
+def top_p_timing(batch: int, vocab: int, device, top_p: float = 0.95, reps: int = 50) -> dict[str, Any]:
+    """ms per call of the decode step's top-p masking on (batch, vocab) float32 logits: the sort (transformers' rule,
+    the CPU default) and the bisection (the CUDA default), eager and compiled; and whether they keep the same set."""
+    import time
+
+    import torch
+
+    from vqinsight.fastdecode import _top_p_bisect, _top_p_sort
+
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = (torch.randn(batch, vocab, generator=g, device=device) * 2.0).float()
+    fns = {"sort": _top_p_sort, "bisect": _top_p_bisect}
+    if device.type == "cuda":
+        fns["bisect_compiled"] = torch.compile(_top_p_bisect)
+    out: dict[str, Any] = {"batch": batch, "vocab": vocab, "top_p": top_p}
+    kept = {}
+    for name, fn in fns.items():
+        kept[name] = torch.isfinite(fn(logits, top_p))  # warm-up / compile
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn(logits, top_p)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"{name}_ms"] = 1000 * (time.perf_counter() - t0) / reps
+    out["kept_per_row_mean"] = kept["sort"].sum(-1).float().mean().item()
+    out["same_set_rows"] = {k: int((v == kept["sort"]).all(-1).sum()) for k, v in kept.items() if k != "sort"}
+    return out
+
+
 def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
     import torch
 
     from vqinsight.fastdecode import StaticDecoder
 
-    dec = StaticDecoder(model, timing=True)
-    res["correctness"] = correctness(model, device, a.check_tokens)
+    vocab = model.config.text_config.vocab_size
+    res["top_p_ms"] = [top_p_timing(b, vocab, device) for b in a.batches]
+    log.info("top-p %s", res["top_p_ms"])
+    res["correctness"] = correctness(model, device, a.check_tokens, (a.frames, a.frame_size))
     log.info("correctness %s", res["correctness"])
     atomic_write_json(a.out, res)
     sample = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
     for b in a.batches:
-        enc = make_inputs(model, b, device)
+        enc = make_inputs(model, b, device, a.frames, a.frame_size)
         row: dict[str, Any] = {"batch": b, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": a.new_tokens}
         with torch.no_grad():
-            _, row["prefill_s"] = timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
+            # the prefill alone: transformers as it ships (the vision tower's per-window loop, what generate()
+            # runs) and with the project's batched window attention (what the project's decoders run)
+            for batched, key in ((False, "prefill_s"), (True, "prefill_batched_vision_s")):
+                vision_attention(model, batched)
+                model.model.rope_deltas = None
+                _, row[key] = timed(lambda enc=enc: model(**enc, use_cache=True, logits_to_keep=1), device)
             model.model.rope_deltas = None
-            names = ("static_decoder", "static_decoder_greedy", "fused", "fused_compiled", "fused_compiled_matmul")
+            names = [n for n in a.variants if b in a.variant_batches or n == "static_decoder"]
             for name in (*names, "hf_generate"):
-                if name.startswith("fused") and b not in a.variant_batches:
-                    continue
+                vision_attention(model, name != "hf_generate")
                 if name == "hf_generate":
 
                     def call(enc=enc):
@@ -147,37 +209,23 @@ def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
                         return model.generate(
                             **enc, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, **sample
                         )[:, enc["input_ids"].shape[1] :]
-                elif name == "static_decoder_greedy":
-
-                    def call(enc=enc):
-                        return dec.generate(enc, a.new_tokens, do_sample=False)
-
-                elif name.startswith("fused"):
-                    # fused_compiled_matmul: the step's attention as two matmuls (the CPU default, and the CUDA one
-                    # until 2026-12-02) instead of one sdpa call: the same-run baseline of that change
-                    variant = StaticDecoder(
-                        model,
-                        timing=True,
-                        fuse_weights=True,
-                        compile=name != "fused",
-                        attention="matmul" if name.endswith("matmul") else "auto",
-                    )
-
-                    def call(enc=enc, variant=variant):
-                        out = variant.generate(enc, a.new_tokens, **sample)
-                        dec.last_timing = variant.last_timing
-                        return out
 
                 else:
+                    kw = dict(VARIANTS[name])
+                    greedy = kw.pop("greedy", False)
+                    dec = StaticDecoder(model, timing=True, **kw)
 
-                    def call(enc=enc):
+                    def call(enc=enc, dec=dec, greedy=greedy):
+                        if greedy:
+                            return dec.generate(enc, a.new_tokens, do_sample=False)
                         return dec.generate(enc, a.new_tokens, **sample)
 
                 try:
+                    t_first = None
                     if name == "hf_generate":  # a short warm-up: generate() has no per-shape state
                         model.generate(**enc, max_new_tokens=8, min_new_tokens=8, **sample)
                     else:
-                        call()  # same shapes: the CUDA-graph capture happens here
+                        _, t_first = timed(call, device)  # same shapes: compiling and graph capture happen here
                     reset_peak(device)
                     out, t = timed(call, device)
                     assert out.shape == (b, a.new_tokens), out.shape
@@ -191,16 +239,36 @@ def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
                         "decode_tok_per_s": b * (a.new_tokens - 1) / decode,
                         "peak_GiB": peak_gib(device),
                         **({"prefill_s": split["prefill_s"]} if split else {}),
+                        **({"first_call_s": t_first} if t_first is not None else {}),
+                        **({"settings": VARIANTS[name]} if name in VARIANTS else {}),
                     }
+                    if name == "hf_generate" and a.hf_repeat:
+                        # generate()'s host cost is mostly cuDNN planning attention for each new KV length
+                        # (../shared/reference/bench/FINDINGS.md); a second call over the same lengths reuses
+                        # those plans, as a long run that has met every length would
+                        _, t2 = timed(call, device)
+                        row[name]["repeat_same_lengths"] = {
+                            "s": t2,
+                            "tok_per_s": b * a.new_tokens / t2,
+                            "decode_ms_per_step": 1000 * max(t2 - row["prefill_s"], 1e-9) / max(a.new_tokens - 1, 1),
+                        }
                 except RuntimeError as e:
                     if not is_oom(e):
                         raise
                     row[name] = {"oom": str(e)[:300]}
                     reset_peak(device)
+                finally:
+                    dec = None
                 log.info("batch %d %s: %s", b, name, row[name])
-        if "tok_per_s" in row.get("hf_generate", {}) and "tok_per_s" in row.get("static_decoder", {}):
-            row["speedup_tok_per_s"] = row["static_decoder"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
-            row["speedup_decode"] = row["static_decoder"]["decode_tok_per_s"] / row["hf_generate"]["decode_tok_per_s"]
+        vision_attention(model, False)
+        base = row.get("hf_generate", {})
+        for name in names:
+            if "tok_per_s" in base and "tok_per_s" in row.get(name, {}):
+                row[name]["speedup_tok_per_s"] = row[name]["tok_per_s"] / base["tok_per_s"]
+                row[name]["speedup_decode"] = row[name]["decode_tok_per_s"] / base["decode_tok_per_s"]
+        if "speedup_tok_per_s" in row.get("static_decoder", {}):
+            row["speedup_tok_per_s"] = row["static_decoder"]["speedup_tok_per_s"]
+            row["speedup_decode"] = row["static_decoder"]["speedup_decode"]
         res["batches"].append(row)
         atomic_write_json(a.out, res)
 
@@ -213,12 +281,13 @@ def run_groups(a: argparse.Namespace, res: dict[str, Any], model, device) -> Non
     from vqinsight.fastdecode import StaticDecoder
 
     sample = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
-    dec = StaticDecoder(model, timing=True, fuse_weights=True, compile=True)
+    # the GRPO trainer's decoder: the project default (its weights change every step, so no fused copies)
+    dec = StaticDecoder(model, timing=True)
     for prompts, g in ((a.group_prompts, a.group_size),):
-        enc = make_inputs(model, prompts, device)
+        enc = make_inputs(model, prompts, device, a.frames, a.frame_size)
         row: dict[str, Any] = {"prompts": prompts, "rollouts_per_prompt": g, "new_tokens": a.new_tokens}
         calls = {
-            "fused_compiled_prefix_shared": lambda enc=enc, g=g: dec.generate(
+            "static_decoder_prefix_shared": lambda enc=enc, g=g: dec.generate(
                 enc, a.new_tokens, num_return_sequences=g, **sample
             ),
             "hf_generate": lambda enc=enc, g=g: model.generate(
@@ -227,6 +296,7 @@ def run_groups(a: argparse.Namespace, res: dict[str, Any], model, device) -> Non
         }
         with torch.no_grad():
             for name, call in calls.items():
+                vision_attention(model, name != "hf_generate")
                 model.model.rope_deltas = None
                 if name == "hf_generate":
                     model.generate(**enc, max_new_tokens=8, min_new_tokens=8, num_return_sequences=g, **sample)
@@ -240,7 +310,8 @@ def run_groups(a: argparse.Namespace, res: dict[str, Any], model, device) -> Non
                 if name != "hf_generate":
                     row[name].update(dec.last_timing)
                 log.info("group %dx%d %s: %s", prompts, g, name, row[name])
-        row["speedup_tok_per_s"] = row["fused_compiled_prefix_shared"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
+        vision_attention(model, False)
+        row["speedup_tok_per_s"] = row["static_decoder_prefix_shared"]["tok_per_s"] / row["hf_generate"]["tok_per_s"]
         res["groups"].append(row)
         atomic_write_json(a.out, res)
 
@@ -251,16 +322,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=("7b", "tiny"), default="7b")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=16, help="video frames per prompt (even)")
+    ap.add_argument("--frame-size", type=int, default=448, help="square frame side in pixels (a multiple of 28)")
     ap.add_argument("--check-tokens", type=int, default=64, help="greedy tokens for the correctness check")
     ap.add_argument("--group-prompts", type=int, default=4, help="GRPO shape: prompts per step")
     ap.add_argument("--group-size", type=int, default=8, help="GRPO shape: rollouts per prompt (G)")
+    ap.add_argument(
+        "--no-hf-repeat",
+        dest="hf_repeat",
+        action="store_false",
+        help="skip the second generate() call over the same KV lengths (cuDNN plans cached)",
+    )
     ap.add_argument("--skip-batches", action="store_true", help="only the GRPO-shape comparison")
     ap.add_argument(
         "--variant-batches",
         type=int,
         nargs="*",
         default=[32],
-        help="batches that also time the fused-weight and fused+torch.compile decoders",
+        help="batches that also time the --variants besides static_decoder",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
+        help="decoders timed at every batch in --variant-batches (static_decoder: at every batch)",
     )
     a = ap.parse_args(argv)
     res: dict[str, Any] = {

@@ -116,3 +116,13 @@ def batch_vision_attention(model: Any) -> int:
     if n:
         log.info("vision tower: batched window attention on %d sdpa blocks", n)
     return n
+
+
+def unbatch_vision_attention(model: Any) -> int:
+    """Undo ``batch_vision_attention``: transformers' own forward again (benchmarks time both); returns how many."""
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in PATCHED_CLASSES and "forward" in vars(module):
+            del module.forward
+            n += 1
+    return n
