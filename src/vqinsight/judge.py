@@ -323,6 +323,7 @@ class Judge:
         max_new_tokens: int = 256,
         engine: str = "hf",
         cache_items: int = 64,
+        compile: bool = False,
     ) -> None:
         from .models.load import vision_token_ids
 
@@ -343,7 +344,8 @@ class Judge:
 
             # the judge's weights never change: on CUDA fuse QKV and gate/up (4 matmuls per layer instead of 7;
             # +~8.5 GB on the 7B), unless PEFT wraps the projections (their .weight would miss the adapter)
-            self.decoder = StaticDecoder(model, fuse_weights=self.device.type == "cuda" and _plain_projections(model))
+            fuse = self.device.type == "cuda" and _plain_projections(model)
+            self.decoder = StaticDecoder(model, fuse_weights=fuse, compile=compile)
 
     def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
         if self.vision is not None:
@@ -632,6 +634,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "processor + transformers generate()",
     )
     ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the static engine's decode step (~40-55 s once on the 7B; docs/PERFORMANCE.md)",
+    )
     ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
     ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -698,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=a.max_new_tokens,
             engine=a.engine,
             cache_items=a.vision_cache,
+            compile=a.compile,
         )
         with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
             for s in range(0, len(todo), a.batch_size):

@@ -264,3 +264,31 @@ def test_a_failing_compile_falls_back_to_the_eager_step(loaded, monkeypatch, cap
     assert "running it eagerly" in caplog.text
     torch.manual_seed(0)
     assert torch.equal(out, StaticDecoder(model, top_p_method="bisect").generate(enc, 12, temperature=1.0, top_p=0.9))
+
+
+def test_a_compiled_step_compiles_once_across_batch_and_length_changes(loaded):
+    """Batch, cache length and output width are dynamic from the first compile: GRPO's smaller shuffled batch and a
+    longer completion cap reuse it (left to dynamo, each was one more compile, ~40 s on the 7B)."""
+    import torch._dynamo
+
+    model, processor = loaded
+    enc = _batch(processor)
+    torch._dynamo.reset()
+    frames: list[int] = []
+
+    def backend(gm, example_inputs):
+        frames.append(len(example_inputs))
+        return gm.forward  # run the captured graph as is: this counts compiles, it does not need inductor
+
+    original = torch.compile
+    dec = StaticDecoder(model, length_bucket=64)
+    dec.compiled = True
+    dec._forward_fn = original(dec._forward, backend=backend)
+    eager = StaticDecoder(model, length_bucket=64)
+    # batch 6, 3, 2, 9 and two cache-length buckets; without the text-only third row the videos are the same
+    for rows, new, g in ((3, 8, 2), (3, 8, 1), (2, 70, 1), (3, 40, 3)):
+        sub = {k: v[:rows] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in enc.items()}
+        out = dec.generate(sub, new, do_sample=False, num_return_sequences=g)
+        assert torch.equal(out, eager.generate(sub, new, do_sample=False, num_return_sequences=g))
+    assert len(frames) == 1, f"{len(frames)} compiles"
+    torch._dynamo.reset()

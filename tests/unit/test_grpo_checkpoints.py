@@ -104,6 +104,14 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
     p.write_text(base + "attn_implementation: flash\n")
     with pytest.raises(ValueError, match="attn_implementation"):
         Recipe.load(p)
+    p.write_text(base + "rollout_compile: true\n")  # the hf engine has no step to compile
+    with pytest.raises(ValueError, match="rollout_compile"):
+        Recipe.load(p)
+    p.write_text(base + "rollout_engine: static\nrollout_compile: yes please\n")
+    with pytest.raises(ValueError, match="rollout_compile"):
+        Recipe.load(p)
+    p.write_text(base + "rollout_engine: static\nrollout_compile: true\n")
+    assert Recipe.load(p).rollout_compile is True
     repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
     shipped = {name: Recipe.load(repo / f"{name}.yaml") for name in ("paper_stage1", "paper_stage2", "demo_stage1",
                                                                       "demo_stage2")}  # fmt: skip
@@ -114,6 +122,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         "demo_stage2": ("static", True),
     }
     assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())
+    assert not any(r.rollout_compile for r in shipped.values()), "compiling the decode step is opt-in"
 
 
 def test_recipe_attention_implementation_reaches_the_model_loader(tmp_path, monkeypatch):

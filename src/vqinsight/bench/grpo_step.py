@@ -613,6 +613,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "gradient_checkpointing": not args.no_grad_ckpt,
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
+        "rollout_compile": args.rollout_compile,
         "share_vision": not args.no_share_vision,
         "vision_attention": "per-window loop (transformers)" if args.vision_attention_loop else "batched",
         "lora": {"r": args.lora, "alpha": 2 * args.lora, "targets": "language-model linears"} if args.lora else None,
@@ -756,6 +757,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                     temporal=True,
                     temporal_rollouts=args.shuffled,
                     rollout_engine=args.rollout_engine,
+                    rollout_compile=args.rollout_compile,
                     share_vision=not args.no_share_vision,
                     batched_vision_attention=not args.vision_attention_loop,
                     peft_config=peft_config,
@@ -790,6 +792,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", choices=("7b", "3b", "tiny"), default="7b")
     ap.add_argument("--task", choices=("comparison", "video_score"), default="comparison")
     ap.add_argument("--rollout-engine", choices=("hf", "static"), default="hf", help="VideoGRPOTrainer rollouts")
+    ap.add_argument(
+        "--rollout-compile", action="store_true", help="torch.compile the static engine's decode step (opt-in)"
+    )
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank on the language model's linears (0: full)")
     ap.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0: the whole group)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="no activation checkpointing")

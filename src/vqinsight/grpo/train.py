@@ -54,6 +54,8 @@ class Recipe:
     comparison_both_orders: bool = False
     #: rollout generation: "hf" (transformers generate()) or "static" (vqinsight.fastdecode.StaticDecoder)
     rollout_engine: str = "hf"
+    #: torch.compile the static engine's decode step (opt-in; docs/PERFORMANCE.md)
+    rollout_compile: bool = False
     #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
     share_vision: bool = True
     #: attention kernels of the policy (and its reference): "sdpa", "eager", "flash_attention_2"; None keeps the
@@ -73,6 +75,10 @@ class Recipe:
             )
         if self.rollout_engine not in ("hf", "static"):
             raise ValueError(f"rollout_engine must be 'hf' or 'static', got {self.rollout_engine!r}")
+        if not isinstance(self.rollout_compile, bool):
+            raise ValueError(f"rollout_compile must be true or false, got {self.rollout_compile!r}")
+        if self.rollout_compile and self.rollout_engine != "static":
+            raise ValueError("rollout_compile: true needs rollout_engine: static")
         if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {self.outside_answer_weight!r}")
         unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         score_tolerance=t.get("score_tolerance", 0.5),
         outside_answer_weight=recipe.outside_answer_weight,
         rollout_engine=recipe.rollout_engine,
+        rollout_compile=recipe.rollout_compile,
         share_vision=bool(recipe.share_vision),
     )
     resume = latest_checkpoint(a.checkpoint_dir)

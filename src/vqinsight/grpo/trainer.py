@@ -484,6 +484,8 @@ class VideoGRPOTrainer(GRPOTrainer):
       (``vqinsight.fastdecode.StaticDecoder``: static KV cache, device-side sampling, CUDA graph on GPU; ordered and
       shuffled rollouts). It reads the live weights (LoRA adapters included), so nothing is copied after an update;
       under DeepSpeed ZeRO-3 a fresh decoder is built per call, as the gathered weights move between calls.
+    * ``rollout_compile`` (default off): ``torch.compile`` the static engine's decode step (7.64 instead of 9.83 ms
+      per step on the 7B at batch 32 on an H200; one ~40 s compile per run; not under ZeRO-3).
 
     Correctness uses the row's ``task`` column and its ground-truth columns (``gt_score``, ``gt_scores``,
     ``gt_choice``). Logged each step: ``temporal/acc_ordered`` and ``temporal/acc_shuffled`` (mean over video groups),
@@ -504,6 +506,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rollout_engine: str = "hf",
         share_vision: bool = True,
         batched_vision_attention: bool = True,
+        rollout_compile: bool = False,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -533,6 +536,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         if rollout_engine not in ("hf", "static"):
             raise ValueError(f"rollout_engine must be 'hf' or 'static', got {rollout_engine!r}")
         self.rollout_engine = rollout_engine
+        if rollout_compile and rollout_engine != "static":
+            raise ValueError("rollout_compile needs rollout_engine 'static' (it compiles the StaticDecoder's step)")
+        self.rollout_compile = bool(rollout_compile)
         self.share_vision = bool(share_vision)
         self._vision_cache: dict[tuple, torch.Tensor] = {}
         self._decoder: Any = None
@@ -677,7 +683,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         if zero3:  # parameters are gathered per call: no compiled step, no cached decoder
             return StaticDecoder(base, compile=False)
         if self._decoder is None or self._decoder.model is not base:
-            self._decoder = StaticDecoder(base)
+            self._decoder = StaticDecoder(base, compile=self.rollout_compile)
         return self._decoder
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
