@@ -19,6 +19,8 @@ positions, `rope_deltas`) and replaces the decode loop:
 - **Attention** for one query token runs over the whole static cache with a validity mask, the grouped-query heads
   of a KV group handled by a reshape (never by repeating K/V), so each cached key and value is read once: one
   ``scaled_dot_product_attention`` call with an additive mask on CUDA, two batched matmuls on the CPU.
+- **Length buckets.** On CUDA the cache length is rounded up to a multiple of 256 (masked slots), so the next batch,
+  whose prompt length is almost always different, reuses the cache and its CUDA graph.
 - **No host synchronisation per step.** Sampling (temperature, top-p, Gumbel-max), the EOS bookkeeping, writing
   the token into the output buffer and advancing the counters all happen on the device. On CUDA the whole step is
   captured once as a CUDA graph per batch shape and replayed; the host checks for "all rows finished" only every
@@ -139,11 +141,11 @@ class StaticDecoder:
         # CUDA, matmul elsewhere, so the CPU demo's rollouts keep their float summation order.
         self.sdpa = attention == "sdpa" or (attention == "auto" and self.device.type == "cuda")
         cuda = self.device.type == "cuda"
+        self.compiled = bool(compile)
         # top-p: "sort" = sort the vocabulary and cut the cumulative mass (transformers' rule); "bisect" = the same
         # nucleus found as a probability threshold by 30 halvings of its float bit pattern (no sort; ties at the
         # threshold are all kept). "auto": bisect when the step is compiled on CUDA (7.23 -> 7.04 ms per step on an
         # H200), the sort otherwise, so the CPU demo's draws stay as they were.
-        self.compiled = bool(compile)
         # (uncompiled, the bisection's 30 passes are slower than one sort: 3.7 vs 0.86 ms at 32 x 152k on an H200)
         self.bisect_top_p = top_p_method == "bisect" or (top_p_method == "auto" and cuda and self.compiled)
         self._auto_top_p = top_p_method == "auto"
