@@ -219,7 +219,7 @@ def answer_prefix(completion: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- model side
-ENGINES = ("hf", "static")
+ENGINES = ("hf", "static", "vllm")
 _PAD_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 _PAD_RE = re.compile(r"<\|(image|video)_pad\|>")
 
@@ -324,6 +324,7 @@ class Judge:
         engine: str = "hf",
         cache_items: int = 64,
         compile: bool = False,
+        vllm: Any = None,
     ) -> None:
         from .models.load import vision_token_ids
 
@@ -331,10 +332,14 @@ class Judge:
             raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+        if (engine == "vllm") != (vllm is not None):
+            raise ValueError("engine 'vllm' takes a vllm_engine.VLLMJudgeEngine (vllm=...); the others take none")
         self.model, self.processor, self.loader = model, processor, loader
         self.fmt, self.style, self.scale, self.max_new_tokens = fmt, style, scale, max_new_tokens
-        self.suppress = vision_token_ids(model)
-        self.device = next(model.parameters()).device
+        # engine "vllm": the weights live in vLLM; ``model`` is None (the suppressed ids are the engine's)
+        self.vllm = vllm
+        self.suppress = sorted(vllm.bias) if vllm is not None else vision_token_ids(model)
+        self.device = next(model.parameters()).device if model is not None else None
         self.engine = engine
         # engine "static": vision features once per media item (VisionCache) and fastdecode.StaticDecoder decoding
         self.vision = VisionCache(model, processor, cache_items) if engine == "static" else None
@@ -347,20 +352,39 @@ class Judge:
             fuse = self.device.type == "cuda" and _plain_projections(model)
             self.decoder = StaticDecoder(model, fuse_weights=fuse, compile=compile)
 
-    def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
-        if self.vision is not None:
-            return self._encode_cached(rows, suffixes)
+    def _prompts(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        """Per row: the chat text (+ suffix) and its decoded images and videos in prompt order."""
         texts, images, videos = [], [], []
         for i, r in enumerate(rows):
             media = [self.loader(m, r["media_type"]) for m in r["media"]]
             msgs = messages(r, media, self.fmt, self.style, self.scale)
+            row_images, row_videos = [], []
             for part in msgs[-1]["content"]:
                 if part["type"] == "image":
-                    images.append(part["image"])
+                    row_images.append(part["image"])
                 elif part["type"] == "video":
-                    videos.append(part["video"])
+                    row_videos.append(part["video"])
             text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             texts.append(text + (suffixes[i] if suffixes else ""))
+            images.append(row_images)
+            videos.append(row_videos)
+        return texts, images, videos
+
+    def _vllm_requests(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        texts, images, videos = self._prompts(rows, suffixes)
+        reqs = []
+        for text, im, vid in zip(texts, images, videos, strict=True):
+            if im and vid:
+                raise ValueError("a row with both images and videos is not supported by the vllm engine")
+            reqs.append(self.vllm.request(text, im or vid, "image" if im else "video"))
+        return reqs, texts
+
+    def _encode(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
+        if self.vision is not None:
+            return self._encode_cached(rows, suffixes)
+        texts, row_images, row_videos = self._prompts(rows, suffixes)
+        images = [x for row in row_images for x in row]
+        videos = [x for row in row_videos for x in row]
         enc = self.processor(
             text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt"
         )
@@ -417,6 +441,10 @@ class Judge:
         """Completions (k per row when sampling) for rows, decoded without special tokens."""
         import torch
 
+        if self.vllm is not None:
+            reqs, _ = self._vllm_requests(rows)
+            out = self.vllm.generate(reqs, sample=sample, k=k, temperature=temperature)
+            return out if sample else [o[0] for o in out]
         enc, _ = self._encode(rows)
         if self.decoder is not None:
             new = self.decoder.generate(
@@ -444,6 +472,8 @@ class Judge:
 
         if self.decoder is not None:
             return self._candidate_probs_shared(rows, prefixes, verdicts)
+        if self.vllm is not None:
+            return self._candidate_probs_vllm(rows, prefixes, verdicts)
 
         tok = self.processor.tokenizer
         strings = [s for group in verdicts.values() for s in group]
@@ -462,6 +492,25 @@ class Judge:
             per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
             k += len(group)
         return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).cpu().numpy()
+
+    def _candidate_probs_vllm(
+        self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]
+    ):
+        """``candidate_probs`` from vLLM's prompt log-probabilities: one request per (row, answer string)."""
+        import torch
+
+        strings = [s for group in verdicts.values() for s in group]
+        n, c = len(rows), len(strings)
+        reqs, texts = self._vllm_requests(
+            [r for r in rows for _ in strings], [p + s for p in prefixes for s in strings]
+        )
+        counts = answer_token_counts(self.processor.tokenizer, texts, strings * n)
+        total = torch.tensor(self.vllm.tail_logprobs(reqs, counts), dtype=torch.float64).view(n, c)
+        per_verdict, k = [], 0
+        for group in verdicts.values():
+            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
+            k += len(group)
+        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).float().cpu().numpy()
 
     def _candidate_probs_shared(
         self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]
@@ -631,7 +680,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=ENGINES,
         default="static",
         help="static: vision features once per media item + fastdecode.StaticDecoder (default); hf: per-row "
-        "processor + transformers generate()",
+        "processor + transformers generate(); vllm: vLLM (optional, not installed by the project; "
+        "vqinsight/vllm_engine.py)",
+    )
+    ap.add_argument(
+        "--vllm-args",
+        default=None,
+        help="engine vllm: extra vllm.LLM keyword arguments as JSON, e.g. '{\"tensor_parallel_size\": 2}'",
     )
     ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
     ap.add_argument(
@@ -649,6 +704,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--trust-remote-code", action="store_true")
     add_media_args(ap)
     return ap.parse_args(argv)
+
+
+def _vllm_engine(a: argparse.Namespace, rows: list[dict[str, Any]]):
+    """(processor, VLLMJudgeEngine) for ``--engine vllm``: the weights are vLLM's, the prompts the project's."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from .grpo.common import processor_pixels
+    from .models.load import load_processor, vision_token_ids
+    from .vllm_engine import VLLMJudgeEngine
+
+    pixels = processor_pixels(a)
+    processor = load_processor(a.model, trust_remote_code=a.trust_remote_code, **pixels)
+    config = AutoConfig.from_pretrained(a.model, trust_remote_code=a.trust_remote_code)
+    images_only = all(r["media_type"] == "image" for r in rows)
+    lo, hi = pixels["image_pixels" if images_only else "video_pixels"]
+    try:
+        extra = json.loads(a.vllm_args) if a.vllm_args else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--vllm-args must be a JSON object of vllm.LLM keyword arguments: {e}") from e
+    if not isinstance(extra, dict):
+        raise ValueError(f"--vllm-args must be a JSON object, got {a.vllm_args!r}")
+    engine = VLLMJudgeEngine(
+        a.model,
+        max_new_tokens=a.max_new_tokens,
+        suppress_token_ids=vision_token_ids(SimpleNamespace(config=config)),
+        seed=a.seed,
+        mm_processor_kwargs={"min_pixels": lo, "max_pixels": hi},
+        llm_kwargs=extra,
+    )
+    return processor, engine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,7 +768,14 @@ def main(argv: list[str] | None = None) -> int:
     done = read_done(partial)
     todo = [it for it in items if it.key not in done]
     log.info("%d judgments (%d rows), %d already done in %s", len(items), len(rows), len(done), partial)
-    if todo:
+    if todo and a.engine == "vllm":
+        try:
+            model, processor, engine = None, *_vllm_engine(a, rows)
+        except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+    elif todo:
+        engine = None
         dtype = a.dtype if a.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
         try:
             model, processor = load_model_and_processor(
@@ -694,7 +788,9 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, OSError) as e:
             log.error("%s", e)
             return 2
-        model.eval()
+    if todo:
+        if model is not None:
+            model.eval()
         judge = Judge(
             model,
             processor,
@@ -706,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             engine=a.engine,
             cache_items=a.vision_cache,
             compile=a.compile,
+            vllm=engine,
         )
         with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
             for s in range(0, len(todo), a.batch_size):

@@ -4,8 +4,11 @@ aggregation (margin and swap flips), and resumable prediction files (torn lines,
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -368,4 +371,123 @@ def test_static_engine_reuses_vision_features_and_equals_the_hf_engine(world) ->
         assert r["p"] == pytest.approx(w["p"], abs=1e-5)
     assert fast.vision.misses == 3  # nothing was encoded twice
     with pytest.raises(ValueError, match="unknown engine"):
-        J.Judge(model, proc, loader, engine="vllm")
+        J.Judge(model, proc, loader, engine="sglang")
+    with pytest.raises(ValueError, match="vllm"):
+        J.Judge(model, proc, loader, engine="vllm")  # no engine object
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engine "vllm" against a stand-in vllm module (vLLM itself cannot be installed here): the project's side of the
+# contract - prompts, media, sampling settings, reading completions and prompt logprobs - on the tiny model
+
+
+class _FakeSamplingParams:
+    def __init__(self, **kw: Any) -> None:
+        self.kw = kw
+        self.__dict__.update(kw)
+
+
+class _FakeLLM:
+    """Executes vLLM-style requests with transformers: the HF processor over the prompt and its media (what vLLM
+    runs inside), then generate() or a teacher-forced forward for ``prompt_logprobs``."""
+
+    made: list[_FakeLLM] = []
+
+    def __init__(self, model: str, **kw: Any) -> None:
+        from vqinsight.models.load import load_model_and_processor
+
+        mm = kw["mm_processor_kwargs"]
+        pixels = (mm["min_pixels"], mm["max_pixels"])
+        self.model, self.proc = load_model_and_processor(model, video_pixels=pixels, image_pixels=pixels)
+        self.kw, self.requests = kw, []
+        _FakeLLM.made.append(self)
+
+    def generate(self, requests: list[dict], params: _FakeSamplingParams, use_tqdm: bool = True) -> list:
+        from types import SimpleNamespace as NS
+
+        outs = []
+        for req in requests:
+            self.requests.append(req)
+            mm = req.get("multi_modal_data", {})
+            enc = self.proc(text=[req["prompt"]], videos=mm.get("video"), images=mm.get("image"), return_tensors="pt")
+            if getattr(params, "prompt_logprobs", None) is not None:
+                with torch.no_grad():
+                    lp = torch.log_softmax(self.model(**enc).logits[0].float(), -1)
+                ids = enc["input_ids"][0].tolist()
+                plp = [None] + [{ids[t]: NS(logprob=float(lp[t - 1, ids[t]]))} for t in range(1, len(ids))]
+                outs.append(NS(prompt_token_ids=ids, prompt_logprobs=plp, outputs=[NS(text="")]))
+                continue
+            suppress = [t for t, b in (params.logit_bias or {}).items() if b <= -100]
+            kw: dict[str, Any] = {"max_new_tokens": params.max_tokens, "suppress_tokens": suppress}
+            if params.temperature == 0:
+                kw["do_sample"] = False
+            else:
+                kw.update(do_sample=True, temperature=params.temperature, num_return_sequences=params.n, top_k=0)
+            with torch.no_grad():
+                seq = self.model.generate(**enc, **kw)
+            texts = self.proc.batch_decode(seq[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            outs.append(NS(outputs=[NS(text=t) for t in texts]))
+        return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    from types import SimpleNamespace
+
+    _FakeLLM.made.clear()
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=_FakeLLM, SamplingParams=_FakeSamplingParams))
+    return _FakeLLM
+
+
+def test_vllm_engine_requests_and_records_equal_the_hf_engine(world, fake_vllm) -> None:
+    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.models.load import load_model_and_processor, vision_token_ids
+    from vqinsight.vllm_engine import VLLMJudgeEngine
+
+    model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
+    loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
+    rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
+    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))
+    engine = VLLMJudgeEngine(world["model"], max_new_tokens=12, suppress_token_ids=vision_token_ids(model),
+                             seed=3, mm_processor_kwargs={"min_pixels": 784, "max_pixels": 4704},
+                             llm_kwargs={"tensor_parallel_size": 1})  # fmt: skip
+    (llm,) = fake_vllm.made
+    assert llm.kw["limit_mm_per_prompt"] == {"image": 2, "video": 2} and llm.kw["seed"] == 3
+    assert llm.kw["tensor_parallel_size"] == 1 and llm.kw["enable_prefix_caching"] is True
+    fast = J.Judge(None, proc, loader, style="short", max_new_tokens=12, engine="vllm", vllm=engine)
+    assert fast.suppress == vision_token_ids(model)
+    hf = J.Judge(model, proc, loader, style="short", max_new_tokens=12)
+    want, have = hf.judge(items), fast.judge(items)
+    assert [r["completion"] for r in have] == [r["completion"] for r in want]
+    for r, w in zip(have, want, strict=True):
+        assert r["p"] == pytest.approx(w["p"], abs=1e-4)
+    # one generation request per judgment, then one per (judgment, answer string): "Video A", "A", "Video B", "B"
+    assert len(llm.requests) == len(items) * 5
+    first = llm.requests[0]
+    assert first["prompt"].count("<|video_pad|>") == 2 and len(first["multi_modal_data"]["video"]) == 2
+    texts, _, videos = hf._prompts([items[0].row])
+    assert first["prompt"] == texts[0]
+    assert all(np.array_equal(a, b) for a, b in zip(first["multi_modal_data"]["video"], videos[0], strict=True))
+    # sampled votes: k completions per request
+    sampled = fast.generate([it.row for it in items[:2]], sample=True, k=3, temperature=1.0)
+    assert [len(s) for s in sampled] == [3, 3]
+
+
+def test_judge_cli_engine_vllm(world, fake_vllm, tmp_path: Path) -> None:
+    out = tmp_path / "v.jsonl"
+    assert (
+        _judge(world, "comp", "comparison", out, "--engine", "vllm", "--vllm-args", '{"gpu_memory_utilization": 0.5}')
+        == 0
+    )
+    recs = J.load_predictions(out)
+    assert len(recs) == 4 and all("p" in r for r in recs)
+    (llm,) = fake_vllm.made
+    assert llm.kw["gpu_memory_utilization"] == 0.5
+    assert _judge(world, "comp", "comparison", tmp_path / "w.jsonl", "--engine", "vllm", "--vllm-args", "[1]") == 2
+
+
+def test_judge_cli_engine_vllm_without_vllm_names_the_package(world, monkeypatch, tmp_path: Path, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    with caplog.at_level(logging.ERROR):
+        assert _judge(world, "comp", "comparison", tmp_path / "x.jsonl", "--engine", "vllm") == 2
+    assert "needs the vllm package" in caplog.text

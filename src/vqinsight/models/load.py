@@ -78,6 +78,35 @@ def _set_pixels(sub_processor: Any, pixels: tuple[int, int], what: str) -> None:
     log.info("%s processor pixel bounds set to shortest_edge=%d longest_edge=%d", what, lo, hi)
 
 
+def load_processor(
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    image_pixels: tuple[int, int] | None = None,
+    video_pixels: tuple[int, int] | None = None,
+) -> Any:
+    """The model's `AutoProcessor` alone, configured as `load_model_and_processor` configures it (pixel bounds, left
+    padding): for engines that hold the weights themselves (the judge's vLLM engine)."""
+    from transformers import AutoProcessor
+
+    path = Path(str(name_or_path)).expanduser()
+    if not path.exists() and _looks_local(str(name_or_path)):
+        raise _missing_dir_error(str(name_or_path))
+    try:
+        processor = AutoProcessor.from_pretrained(str(path) if path.exists() else str(name_or_path),
+                                                  trust_remote_code=trust_remote_code)  # fmt: skip
+    except OSError as e:
+        raise OSError(f"{name_or_path}: cannot load the processor: {e}") from e
+    if image_pixels is not None:
+        _set_pixels(getattr(processor, "image_processor", None), image_pixels, "image")
+    if video_pixels is not None:
+        _set_pixels(getattr(processor, "video_processor", None), video_pixels, "video")
+    tok = getattr(processor, "tokenizer", None)
+    if tok is not None:
+        tok.padding_side = "left"
+    return processor
+
+
 def load_model_and_processor(
     name_or_path: str,
     *,
