@@ -342,14 +342,27 @@ def bench_caches(wildcards):
     return cache_files([BENCHMARKS[wildcards.benchmark]["dataset"]])
 
 
+def judge_engine_args(j):
+    """--engine / --compile / --vllm-args of the judge jobs; empty for the defaults (static engine, not compiled),
+    so the shell command, and with it Snakemake's params check, is unchanged for configs that do not set them."""
+    args = []
+    if j.get("engine", "static") != "static":
+        args.append(f"--engine {j['engine']}")
+    if j.get("compile"):
+        args.append("--compile")
+    if j.get("vllm_args"):
+        args.append(f"--vllm-args {shlex.quote(json.dumps(j['vllm_args'], sort_keys=True))}")
+    return "".join(f" {a}" for a in args)
+
+
 def judge_args(wildcards, resources):
-    """Judge settings shared by every judge job (prompt format, batch, margin)."""
+    """Judge settings shared by every judge job (prompt format, batch, margin, engine)."""
     j, sys_, b = EVAL["judge"], SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
     return (
         f"--task {b['task']} --split {b['split']} --format {sys_['format']} --style {j.get('style', 'full')} "
         f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
         f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
-        f"--seed {config['seed']}"
+        f"--seed {config['seed']}{judge_engine_args(j)}"
     )
 
 

@@ -85,7 +85,7 @@ def s3_judge_args(wildcards=None):
         f"--task comparison --split all --format vqinsight --style {j.get('style', 'full')} "
         f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
         f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
-        f"--seed {config['seed']}"
+        f"--seed {config['seed']}{judge_engine_args(j)}"
     )
 
 

@@ -89,6 +89,25 @@ def test_videodpo_pairs_give_table6_a_videodpo_row(tmp_path):
     assert "videodpo=results/demo/stage3/eval/videodpo.json" in out, "the table6 job gets the VideoDPO row"
 
 
+def test_judge_engine_settings_reach_every_judge_job_and_defaults_add_nothing(tmp_path):
+    """eval.judge.engine / compile / vllm_args become the judge CLI's flags in the eval and stage-3 judge jobs; the
+    defaults add no flag, so existing results keep their shell commands (no params-triggered reruns)."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["eval"]["judge"] |= {"engine": "vllm", "vllm_args": {"tensor_parallel_size": 2}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = smk("-n", "-p", "--configfile", str(path), cwd=tmp_path).stdout
+    judge_cmds = [line for line in out.splitlines() if "python -m vqinsight.judge " in line]
+    assert judge_cmds and all("--engine vllm --vllm-args '{\"tensor_parallel_size\": 2}'" in c for c in judge_cmds)
+    assert "--split all" in " ".join(judge_cmds), "the stage-3 pair judging gets them too"
+    default = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path).stdout
+    assert "python -m vqinsight.judge " in default and "--engine" not in default and "--compile" not in default
+    cfg["eval"]["judge"] |= {"engine": "tensorrt"}
+    path.write_text(yaml.safe_dump(cfg))
+    bad = smk("-n", "--configfile", str(path), cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "engine" in bad.stdout + bad.stderr
+
+
 def test_hostile_paths_pass_through_real_rules_quoted(tmp_path):
     """Data and results folders whose names hold spaces, quotes and $(...) go through the download, manifest and
     frame-cache rules (real jobs, real shell commands): outputs land there and nothing is executed."""
