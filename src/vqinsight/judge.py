@@ -89,6 +89,18 @@ UNIFIEDREWARD_COMPARISON = (
 )
 
 
+def _verdict_probs(total: Any, verdicts: dict[str, tuple[str, ...]]) -> Any:
+    """(n, len(verdicts)) probabilities from (n, strings) answer-string log-likelihoods: each verdict's strings are
+    log-sum-exp'ed (their masses add), then normalised over the verdicts."""
+    import torch
+
+    per_verdict, k = [], 0
+    for group in verdicts.values():
+        per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
+        k += len(group)
+    return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1)
+
+
 def _plain_projections(model: Any) -> bool:
     """True when every attention and MLP projection of the language model is a plain ``torch.nn.Linear``."""
     import torch
@@ -487,11 +499,7 @@ class Judge:
         ids = enc["input_ids"][:, 1:]
         tok_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (N, L-1): log p of token t+1 at position t
         total = torch.stack([tok_lp[i, -lengths[i] :].sum() for i in range(n * c)]).view(n, c)
-        per_verdict, k = [], 0
-        for group in verdicts.values():
-            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
-            k += len(group)
-        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).cpu().numpy()
+        return _verdict_probs(total, verdicts).cpu().numpy()
 
     def _candidate_probs_vllm(
         self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]
@@ -506,11 +514,7 @@ class Judge:
         )
         counts = answer_token_counts(self.processor.tokenizer, texts, strings * n)
         total = torch.tensor(self.vllm.tail_logprobs(reqs, counts), dtype=torch.float64).view(n, c)
-        per_verdict, k = [], 0
-        for group in verdicts.values():
-            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
-            k += len(group)
-        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).float().cpu().numpy()
+        return _verdict_probs(total, verdicts).float().cpu().numpy()
 
     def _candidate_probs_shared(
         self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]
@@ -555,11 +559,7 @@ class Judge:
         inputs["input_ids"], inputs["attention_mask"] = input_ids.to(self.device), mask.to(self.device)
         inputs["mm_token_type_ids"] = mm_token_types(tok, input_ids).to(self.device)
         total = self.decoder.score(inputs, conts, scored).float()
-        per_verdict, k = [], 0
-        for group in verdicts.values():
-            per_verdict.append(torch.logsumexp(total[:, k : k + len(group)], dim=-1))
-            k += len(group)
-        return torch.softmax(torch.stack(per_verdict, dim=-1), dim=-1).cpu().numpy()
+        return _verdict_probs(total, verdicts).cpu().numpy()
 
     def judge(self, items: list[Item], *, margin: str = "prob", votes_k: int = 8, temperature: float = 1.0):
         """Prediction records for a batch of items (all of one task)."""

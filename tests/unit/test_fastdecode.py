@@ -280,10 +280,9 @@ def test_a_compiled_step_compiles_once_across_batch_and_length_changes(loaded):
         frames.append(len(example_inputs))
         return gm.forward  # run the captured graph as is: this counts compiles, it does not need inductor
 
-    original = torch.compile
     dec = StaticDecoder(model, length_bucket=64)
     dec.compiled = True
-    dec._forward_fn = original(dec._forward, backend=backend)
+    dec._forward_fn = torch.compile(dec._forward, backend=backend)
     eager = StaticDecoder(model, length_bucket=64)
     # batch 6, 3, 2, 9 and two cache-length buckets; without the text-only third row the videos are the same
     for rows, new, g in ((3, 8, 2), (3, 8, 1), (2, 70, 1), (3, 40, 3)):

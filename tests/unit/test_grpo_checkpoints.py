@@ -95,21 +95,17 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
 
     base = "trainer: {num_generations: 8, max_completion_length: 8, learning_rate: 1.0e-6, beta: 0.0}\nrewards: {}\n"
     p = tmp_path / "r.yaml"
-    p.write_text(base + "rollout_engine: vllm\n")
-    with pytest.raises(ValueError, match="rollout_engine"):
-        Recipe.load(p)
-    p.write_text(base + "outside_answer_weight: 2.0\n")
-    with pytest.raises(ValueError, match="outside_answer_weight"):
-        Recipe.load(p)
-    p.write_text(base + "attn_implementation: flash\n")
-    with pytest.raises(ValueError, match="attn_implementation"):
-        Recipe.load(p)
-    p.write_text(base + "rollout_compile: true\n")  # the hf engine has no step to compile
-    with pytest.raises(ValueError, match="rollout_compile"):
-        Recipe.load(p)
-    p.write_text(base + "rollout_engine: static\nrollout_compile: yes please\n")
-    with pytest.raises(ValueError, match="rollout_compile"):
-        Recipe.load(p)
+    bad = [
+        ("rollout_engine: vllm\n", "rollout_engine"),
+        ("outside_answer_weight: 2.0\n", "outside_answer_weight"),
+        ("attn_implementation: flash\n", "attn_implementation"),
+        ("rollout_compile: true\n", "rollout_compile"),  # the hf engine has no step to compile
+        ("rollout_engine: static\nrollout_compile: yes please\n", "rollout_compile"),
+    ]
+    for extra, key in bad:
+        p.write_text(base + extra)
+        with pytest.raises(ValueError, match=key):
+            Recipe.load(p)
     p.write_text(base + "rollout_engine: static\nrollout_compile: true\n")
     assert Recipe.load(p).rollout_compile is True
     repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
