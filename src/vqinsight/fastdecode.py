@@ -34,6 +34,7 @@ teacher-forced transformers forward on the 7B architecture before timing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,14 +364,16 @@ class StaticDecoder:
         top_p: float = 1.0,
         eos_token_id: int | list[int] | None = None,
         suppress_token_ids: list[int] | None = None,
-        num_return_sequences: int = 1,
+        num_return_sequences: int | Sequence[int] = 1,
     ) -> torch.Tensor:
         """New tokens (B * num_return_sequences, max_new_tokens), the copies of a prompt adjacent; after a row's eos
         the row holds eos (the first id when ``eos_token_id`` is a list, any of which ends a row). ``enc`` must be
         left-padded (or unpadded), as transformers' processors do for generation.
 
         With num_return_sequences = G (GRPO's group), each prompt is prefilled ONCE and its cache copied G times
-        (prefix sharing); transformers' generate() prefills every copy."""
+        (prefix sharing); transformers' generate() prefills every copy. A sequence gives each prompt its own number
+        of copies (>= 1; GRPO's G ordered rollouts of a prompt and k shuffled-frame ones in one batch): then
+        sum(num_return_sequences) rows."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -394,18 +397,29 @@ class StaticDecoder:
             self._suppress_ids = torch.tensor(suppress, dtype=torch.long, device=self.device)
 
         t0 = self._clock()
-        if num_return_sequences < 1:
+        if isinstance(num_return_sequences, int):
+            copies = [num_return_sequences] * ids.shape[0]
+        else:
+            copies = [int(c) for c in num_return_sequences]
+            if len(copies) != ids.shape[0]:
+                raise ValueError(f"num_return_sequences has {len(copies)} entries for {ids.shape[0]} prompts")
+        if any(c < 1 for c in copies):
             raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
         logits, cache, deltas = self.prefill(enc)
         t1 = self._clock()
-        g = int(num_return_sequences)
-        if g > 1:
-            logits, deltas, am = (x.repeat_interleave(g, dim=0) for x in (logits, deltas, am))
-        b, length = ids.shape[0] * g, ids.shape[1]
+        g = copies[0] if len(set(copies)) == 1 else 0  # 0: per-prompt counts
+        if g != 1:
+            reps = torch.tensor(copies, device=logits.device) if g == 0 else g
+            logits, deltas, am = (x.repeat_interleave(reps, dim=0) for x in (logits, deltas, am))
+        b, length = sum(copies), ids.shape[1]
+        rows = None if g else torch.repeat_interleave(torch.tensor(copies, device=logits.device))
         s = self._state(b, self._bucket(length + max_new_tokens), max_new_tokens)
         for i, layer_cache in enumerate(cache.layers):
             keys, values = layer_cache.keys, layer_cache.values
-            if g > 1:  # (P, ...) -> (P*G, ...) in place in the static cache, without a temporary copy
+            if rows is not None:  # each prompt's copies (one temporary of the copied rows per layer)
+                s.k[i][:, :, :length].copy_(keys.index_select(0, rows))
+                s.v[i][:, :, :length].copy_(values.index_select(0, rows))
+            elif g > 1:  # (P, ...) -> (P*G, ...) in place in the static cache, without a temporary copy
                 s.k[i][:, :, :length].view(-1, g, *keys.shape[1:]).copy_(keys[:, None])
                 s.v[i][:, :, :length].view(-1, g, *values.shape[1:]).copy_(values[:, None])
             else:

@@ -156,6 +156,21 @@ def test_tiny_step_lora_static_engine_micro_batches(tmp_path: Path) -> None:
     assert est["model_flops"] > 0 and est["mfu"]["measured"] > 0
     assert "recomputation not counted" in est["mfu_definition"]
     assert doc["rollout"]["ordered"]["sequences"] == 2
+    # the static engine decodes the shuffled rollout in the ordered call: no time of its own, its tokens counted
+    assert s["merge_shuffled_rollouts"] is True
+    r, t = doc["rollout"], doc["timings_s"]
+    assert t["shuffled_rollout"] == 0.0 and t["shuffled_tokenize"] > 0 and t["rollout"] > 0
+    assert r["shuffled"]["sequences"] == 1 and r["shuffled"]["calls"] == 1 and r["shuffled"]["tokens"] > 0
+    assert r["all"]["sequences"] == 3 and r["all"]["seconds"] == pytest.approx(t["rollout"])
+
+
+def test_static_engine_without_merging_times_the_shuffled_call(tmp_path: Path) -> None:
+    status, doc = run_bench(tmp_path, "--rollout-engine", "static", "--no-merge-shuffled")
+    assert status == 0 and doc["status"] == "ok", doc.get("traceback")
+    r, t = doc["rollout"], doc["timings_s"]
+    assert doc["settings"]["merge_shuffled_rollouts"] is False
+    assert t["shuffled_rollout"] > 0 and r["shuffled"]["sequences"] == 1
+    assert r["all"]["seconds"] == pytest.approx(t["rollout"] + t["shuffled_rollout"])
 
 
 def test_3b_config_parameter_count() -> None:

@@ -163,6 +163,26 @@ def test_prefix_sharing_prefills_once_and_matches_repeated_prompts(loaded):
     assert not all(torch.equal(sampled[3 * r], sampled[3 * r + 1]) for r in range(3)), "copies sample independently"
 
 
+def test_per_prompt_copies_match_each_prompts_own_rows(loaded):
+    """num_return_sequences as a list (GRPO's G ordered + k shuffled rollouts in one batch): prompt p's rows are
+    those of its own prompt, adjacent, in prompt order."""
+    model, processor = loaded
+    enc = _batch(processor)
+    dec = StaticDecoder(model)
+    copies = [2, 1, 3]
+    mixed = dec.generate(enc, 16, do_sample=False, num_return_sequences=copies)
+    assert mixed.shape == (6, 16)
+    single = dec.generate(enc, 16, do_sample=False)
+    expect = single.repeat_interleave(torch.tensor(copies), dim=0)
+    assert torch.equal(mixed, expect)
+    assert torch.equal(dec.generate(enc, 16, do_sample=False, num_return_sequences=[3, 3, 3]),
+                       dec.generate(enc, 16, do_sample=False, num_return_sequences=3))  # fmt: skip
+    with pytest.raises(ValueError, match="2 entries for 3 prompts"):
+        dec.generate(enc, 4, num_return_sequences=[1, 2])
+    with pytest.raises(ValueError, match=">= 1"):
+        dec.generate(enc, 4, num_return_sequences=[1, 0, 2])
+
+
 def _sorted_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """transformers' rule, written independently: keep tokens in order of probability until the mass reaches top_p."""
     keep = torch.zeros_like(logits, dtype=torch.bool)

@@ -101,6 +101,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         ("attn_implementation: flash\n", "attn_implementation"),
         ("rollout_compile: true\n", "rollout_compile"),  # the hf engine has no step to compile
         ("rollout_engine: static\nrollout_compile: yes please\n", "rollout_compile"),
+        ("rollout_engine: static\nmerge_shuffled_rollouts: 1\n", "merge_shuffled_rollouts"),
     ]
     for extra, key in bad:
         p.write_text(base + extra)
@@ -119,6 +120,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
     }
     assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())
     assert not any(r.rollout_compile for r in shipped.values()), "compiling the decode step is opt-in"
+    assert all(r.merge_shuffled_rollouts for r in shipped.values())  # (only the static engine acts on it)
 
 
 def test_recipe_attention_implementation_reaches_the_model_loader(tmp_path, monkeypatch):

@@ -128,6 +128,8 @@ def make_trainer(
         "score_tolerance",
         "outside_answer_weight",
         "rollout_engine",
+        "merge_shuffled_rollouts",
+        "share_vision",
     )
     trainer_kw = {k: kw.pop(k) for k in trainer_keys if k in kw}
     cfg = {
@@ -732,6 +734,88 @@ def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tm
             StaticDecoder.prefill = real_prefill
         want = hf._generate_single_turn(ids0, images0, fields0, 1)[0]
     assert seen == [len(base)] and got == want
+
+
+def _rollouts_of_one_step(trainer: VideoGRPOTrainer, inputs: list[dict[str, Any]]) -> tuple[list, list, Any]:
+    """(ordered completion ids, shuffled completion texts, temporal state) of one generation batch, run the way
+    ``_generate_and_score_completions`` runs it (shuffled prompts first, then TRL's ordered tokenization)."""
+    texts: list[list[str]] = []
+    real = trainer._score_shuffled
+
+    def spy(inputs: Any, videos: Any, rows: Any, shuffled_texts: list[str]) -> Any:
+        texts.append(list(shuffled_texts))
+        return real(inputs, videos, rows, shuffled_texts)
+
+    trainer._score_shuffled = spy  # type: ignore[method-assign]
+    with torch.no_grad():
+        trainer._temporal_state = trainer._temporal_rollouts(inputs)
+        trainer._capture_media = True
+        ids, images, fields = trainer._tokenize_prompts([x["prompt"] for x in inputs])
+        ordered = trainer._generate_single_turn(ids, images, fields, 1)[0]
+    trainer._capture_media = False
+    assert len(texts) == 1
+    return ordered, texts[0], trainer._temporal_state
+
+
+def test_merged_shuffled_rollouts_equal_a_separate_call_when_greedy(tiny_dir: Path, tmp_path: Path) -> None:
+    """merge_shuffled_rollouts: the shuffled-frame prompts are decoded in the ordered prompts' batch, ONE prefill
+    of the distinct prompts, and give the same greedy tokens and temporal counts as their own generation call."""
+    from vqinsight.fastdecode import StaticDecoder
+
+    inputs = _rows(1, 4) + _rows(0, 4) + _rows(6, 4)  # a comparison group, a 1-video group, a text-only group
+    out, prefills = {}, {}
+    real_prefill = StaticDecoder.prefill
+    for merge in (False, True):
+        trainer = make_trainer(tiny_dir, tmp_path / str(merge), [0, 1, 6], per_device_train_batch_size=12,
+                               num_generations=4, max_completion_length=10, temporal=True, temporal_rollouts=3,
+                               rollout_engine="static", merge_shuffled_rollouts=merge,
+                               generation_kwargs={"do_sample": False})  # fmt: skip
+        assert trainer.merge_shuffled_rollouts is merge
+        trainer.model.train()
+        seen: list[int] = []
+
+        def spy(self, enc, seen=seen):
+            seen.append(int(enc["input_ids"].size(0)))
+            return real_prefill(self, enc)
+
+        StaticDecoder.prefill = spy
+        try:
+            out[merge] = _rollouts_of_one_step(trainer, [dict(x) for x in inputs])
+        finally:
+            StaticDecoder.prefill = real_prefill
+        prefills[merge] = seen
+        assert trainer._pending_shuffled is None
+    # separate: the 2 shuffled prompts (3 copies each), then the 3 ordered ones (4 copies each); merged: 5 at once
+    assert prefills == {False: [2, 3], True: [5]}
+    (ord_a, texts_a, state_a), (ord_b, texts_b, state_b) = out[False], out[True]
+    assert ord_b == ord_a and len(ord_a) == 12
+    assert texts_b == texts_a and len(texts_a) == 6 and any(texts_a)
+    assert state_b == state_a and state_a.shuffled_total == [1, 1, 1, 0] * 2 + [0] * 4
+
+
+def test_merged_shuffled_rollouts_train_and_a_lost_merge_is_an_error(tiny_dir: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_dir, tmp_path, [0, 1], per_device_train_batch_size=8, num_generations=4,
+                           temporal=True, rollout_engine="static")  # fmt: skip
+    assert trainer.merge_shuffled_rollouts  # the default with the static engine and shared vision
+    calls = {"separate": 0}
+    real = trainer._generate_shuffled
+
+    def counting(prompts: list) -> list[str]:
+        calls["separate"] += 1
+        return real(prompts)
+
+    trainer._generate_shuffled = counting  # type: ignore[method-assign]
+    changed, total, logs = train_and_count_changed(trainer)
+    assert calls["separate"] == 0 and changed >= total - 1
+    assert "temporal/acc_shuffled" in logs and "rewards/temporal/mean" in logs
+    # shuffled prompts left pending (the ordered generation call never took them): the reward refuses to run
+    trainer._pending_shuffled = object()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="did not take them"):
+        trainer._temporal_reward([], [])
+    trainer._pending_shuffled = None
+    for kw in ({"rollout_engine": "hf"}, {"rollout_engine": "static", "share_vision": False}):
+        t = make_trainer(tiny_dir, tmp_path / str(len(kw)), [0], temporal=True, **kw)
+        assert not t.merge_shuffled_rollouts
 
 
 def test_uniform_copies_needs_equal_tokens_padding_and_media_keys_in_runs_of_one_length() -> None:

@@ -105,8 +105,10 @@ PHASES: dict[str, str] = {
     "total": "on_step_begin -> on_step_end of the optimizer step (excludes fetching the batch: see 'data')",
     "data": "dataloader fetch of the step's rows (builds the random videos), before on_step_begin",
     "generate_and_score": "VideoGRPOTrainer._generate_and_score_completions: everything before the loss",
-    "rollout": "_generate_single_turn of the G ordered prompts (HF generate, incl. vision prefill)",
-    "shuffled_rollout": "_generate_single_turn of the frame-shuffled prompts (temporal reward)",
+    "rollout": "_generate_single_turn of the G ordered prompts (HF generate, incl. vision prefill); with "
+    "merge_shuffled_rollouts (settings) the frame-shuffled prompts are decoded in this same call",
+    "shuffled_rollout": "_generate_single_turn of the frame-shuffled prompts (temporal reward); 0 when they are "
+    "merged into the ordered call",
     "tokenize": "_tokenize_prompts of the ordered prompts (chat template + video processor, CPU)",
     "shuffled_tokenize": "_tokenize_prompts of the shuffled prompts",
     "logprob": "no-grad _get_per_token_logps_and_entropies calls (old / ref log-probs; skipped by TRL 1.16 when "
@@ -382,6 +384,12 @@ def rollout_summary(step: dict[str, Any], timings: dict[str, float | None]) -> d
             "tokens_per_s": tokens / secs if secs > 0 else None,
             "seconds": secs,
         }
+    # both kinds of rollout together (with merged shuffled rollouts their time is all in the ordered call's)
+    n = sum(out[k]["sequences"] for k in ("ordered", "shuffled"))
+    tokens = sum(out[k]["tokens"] for k in ("ordered", "shuffled"))
+    secs = sum(out[k]["seconds"] for k in ("ordered", "shuffled"))
+    rate = tokens / secs if secs > 0 else None
+    out["all"] = {"sequences": n, "tokens": tokens, "seconds": secs, "tokens_per_s": rate}
     return out
 
 
@@ -454,6 +462,14 @@ def instrumented_trainer_class(timer: PhaseTimer, warmup_new_tokens: int | None)
 
     from vqinsight.grpo.trainer import VideoGRPOTrainer
 
+    def _count_tokens(key: str, prompt_ids: list, completion_ids: list) -> None:
+        lengths = [len(c) for c in completion_ids]
+        timer.stat(f"{key}_tokens", calls=1, sequences=len(lengths), tokens=sum(lengths))
+        if timer.current is not None:
+            bucket = timer.current[f"{key}_tokens"]
+            bucket["width"] = max(bucket.get("width", 0), max(lengths, default=0))
+            bucket["prompt_max"] = max([bucket.get("prompt_max", 0), *(len(p) for p in prompt_ids)])
+
     class BenchGRPOTrainer(VideoGRPOTrainer):
         _bench_shuffled = False
 
@@ -484,6 +500,16 @@ def instrumented_trainer_class(timer: PhaseTimer, warmup_new_tokens: int | None)
             finally:
                 self._bench_shuffled = False
 
+        def _defer_shuffled(self, *args: Any, **kwargs: Any) -> Any:
+            self._bench_shuffled = True
+            try:
+                return super()._defer_shuffled(*args, **kwargs)
+            finally:
+                self._bench_shuffled = False
+
+        def _shuffled_completions(self, prompt_ids: list, completion_ids: list) -> None:
+            _count_tokens("shuffled", prompt_ids, completion_ids)
+
         def _tokenize_prompts(self, prompts: list) -> Any:
             with timer.phase("shuffled_tokenize" if self._bench_shuffled else "tokenize"):
                 return super()._tokenize_prompts(prompts)
@@ -492,12 +518,7 @@ def instrumented_trainer_class(timer: PhaseTimer, warmup_new_tokens: int | None)
             key = "shuffled" if self._bench_shuffled else "ordered"
             with timer.phase("shuffled_rollout" if self._bench_shuffled else "rollout"):
                 completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
-            lengths = [len(c) for c in completion_ids]
-            timer.stat(f"{key}_tokens", calls=1, sequences=len(lengths), tokens=sum(lengths))
-            if timer.current is not None:
-                bucket = timer.current[f"{key}_tokens"]
-                bucket["width"] = max(bucket.get("width", 0), max(lengths, default=0))
-                bucket["prompt_max"] = max([bucket.get("prompt_max", 0), *(len(p) for p in prompt_ids)])
+            _count_tokens(key, prompt_ids, completion_ids)
             return completion_ids, logprobs
 
         def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
@@ -614,6 +635,9 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
         "rollout_compile": args.rollout_compile,
+        "merge_shuffled_rollouts": args.rollout_engine == "static"
+        and not args.no_share_vision
+        and not args.no_merge_shuffled,
         "share_vision": not args.no_share_vision,
         "vision_attention": "per-window loop (transformers)" if args.vision_attention_loop else "batched",
         "lora": {"r": args.lora, "alpha": 2 * args.lora, "targets": "language-model linears"} if args.lora else None,
@@ -758,6 +782,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                     temporal_rollouts=args.shuffled,
                     rollout_engine=args.rollout_engine,
                     rollout_compile=args.rollout_compile,
+                    merge_shuffled_rollouts=not args.no_merge_shuffled,
                     share_vision=not args.no_share_vision,
                     batched_vision_attention=not args.vision_attention_loop,
                     peft_config=peft_config,
@@ -794,6 +819,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rollout-engine", choices=("hf", "static"), default="hf", help="VideoGRPOTrainer rollouts")
     ap.add_argument(
         "--rollout-compile", action="store_true", help="torch.compile the static engine's decode step (opt-in)"
+    )
+    ap.add_argument(
+        "--no-merge-shuffled",
+        action="store_true",
+        help="static engine: decode the shuffled rollouts in their own call (default: in the ordered rollouts' batch)",
     )
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank on the language model's linears (0: full)")
     ap.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0: the whole group)")

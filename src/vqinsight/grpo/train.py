@@ -56,6 +56,8 @@ class Recipe:
     rollout_engine: str = "hf"
     #: torch.compile the static engine's decode step (opt-in; docs/PERFORMANCE.md)
     rollout_compile: bool = False
+    #: decode the frame-shuffled rollouts in the ordered rollouts' batch (static engine; docs/PERFORMANCE.md)
+    merge_shuffled_rollouts: bool = True
     #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
     share_vision: bool = True
     #: attention kernels of the policy (and its reference): "sdpa", "eager", "flash_attention_2"; None keeps the
@@ -79,6 +81,8 @@ class Recipe:
             raise ValueError(f"rollout_compile must be true or false, got {self.rollout_compile!r}")
         if self.rollout_compile and self.rollout_engine != "static":
             raise ValueError("rollout_compile: true needs rollout_engine: static")
+        if not isinstance(self.merge_shuffled_rollouts, bool):
+            raise ValueError(f"merge_shuffled_rollouts must be true or false, got {self.merge_shuffled_rollouts!r}")
         if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {self.outside_answer_weight!r}")
         unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         outside_answer_weight=recipe.outside_answer_weight,
         rollout_engine=recipe.rollout_engine,
         rollout_compile=recipe.rollout_compile,
+        merge_shuffled_rollouts=recipe.merge_shuffled_rollouts,
         share_vision=bool(recipe.share_vision),
     )
     resume = latest_checkpoint(a.checkpoint_dir)

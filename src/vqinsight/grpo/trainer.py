@@ -323,6 +323,18 @@ def assign_media_keys(rows: list[dict[str, Any]]) -> None:
             row[f"{kind}_keys"] = keys
 
 
+def _left_pad_rows(rows: Sequence[torch.Tensor], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of unpadded token rows, left-padded to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=rows[0].dtype, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r) :] = r.to(device)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
 def _is_row_tensor(value: Any, input_ids: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == input_ids.size(0)
 
@@ -330,6 +342,13 @@ def _is_row_tensor(value: Any, input_ids: torch.Tensor) -> bool:
 def uniform_copies(input_ids: torch.Tensor, attention_mask: torch.Tensor, media: Sequence[Mapping[str, Any]]) -> int:
     """G when the rows come in runs of G equal prompts (same tokens, padding and media keys), every run of the same
     length G; else 1. GRPO's sampler puts a group's G copies next to each other."""
+    runs = copy_runs(input_ids, attention_mask, media)
+    return runs[0] if len(set(runs)) == 1 else 1
+
+
+def copy_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, media: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Lengths of the runs of equal adjacent prompts (same tokens, padding and media keys), in row order; rows
+    without media keys (but with media) never join a run."""
     n = input_ids.size(0)
     same = [
         bool(torch.equal(input_ids[i], input_ids[i - 1]) and torch.equal(attention_mask[i], attention_mask[i - 1]))
@@ -344,7 +363,7 @@ def uniform_copies(input_ids: torch.Tensor, attention_mask: torch.Tensor, media:
             runs[-1] += 1
         else:
             runs.append(1)
-    return runs[0] if len(set(runs)) == 1 else 1
+    return runs if n else []
 
 
 @dataclass
@@ -354,6 +373,31 @@ class TemporalRows:
     has_video: list[bool]
     shuffled_correct: list[int]
     shuffled_total: list[int]
+
+
+@dataclass
+class PendingShuffled:
+    """Frame-shuffled prompts tokenized and waiting for the ordered rollouts' generation call, which decodes them in
+    the same batch (``merge_shuffled_rollouts``). ``rows``: the local input row each prompt scores."""
+
+    inputs: list[dict[str, Any]]
+    has_video: list[bool]
+    rows: list[int]
+    prompt_ids: list[list[int]]
+    media: list[dict[str, Any]]
+
+
+def rekey_media(media: Sequence[Mapping[str, Any]], tag: str) -> list[dict[str, Any]]:
+    """Copies of per-row media whose content keys are ``(tag, key)``: keys are numbered per ``assign_media_keys``
+    call, so rows of two tokenizer calls decoded in one batch must not share a key space."""
+    out = []
+    for row in media:
+        row = dict(row)
+        for kind in ("image", "video"):
+            if f"{kind}_keys" in row:
+                row[f"{kind}_keys"] = [(tag, k) for k in row[f"{kind}_keys"]]
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -484,6 +528,10 @@ class VideoGRPOTrainer(GRPOTrainer):
       (``vqinsight.fastdecode.StaticDecoder``: static KV cache, device-side sampling, CUDA graph on GPU; ordered and
       shuffled rollouts). It reads the live weights (LoRA adapters included), so nothing is copied after an update;
       under DeepSpeed ZeRO-3 a fresh decoder is built per call, as the gathered weights move between calls.
+    * ``merge_shuffled_rollouts`` (default on; static engine with ``share_vision``): the shuffled-frame rollouts are
+      decoded in the same batch as the ordered ones, one prefill and one decode loop per step instead of two. A
+      decode step costs about the same at batch 8 and 12 (it reads the weights), so on the 7B this saves most of
+      the shuffled rollouts' time (docs/PERFORMANCE.md). Off, or with the ``hf`` engine, they are a separate call.
     * ``rollout_compile`` (default off): ``torch.compile`` the static engine's decode step (7.64 instead of 9.83 ms
       per step on the 7B at batch 32 on an H200; one ~40 s compile per run; not under ZeRO-3).
 
@@ -507,6 +555,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         share_vision: bool = True,
         batched_vision_attention: bool = True,
         rollout_compile: bool = False,
+        merge_shuffled_rollouts: bool = True,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -540,6 +589,9 @@ class VideoGRPOTrainer(GRPOTrainer):
             raise ValueError("rollout_compile needs rollout_engine 'static' (it compiles the StaticDecoder's step)")
         self.rollout_compile = bool(rollout_compile)
         self.share_vision = bool(share_vision)
+        # the merged batch needs per-row media (share_vision) and the static engine's generate()
+        self.merge_shuffled_rollouts = bool(merge_shuffled_rollouts) and rollout_engine == "static" and share_vision
+        self._pending_shuffled: PendingShuffled | None = None
         self._vision_cache: dict[tuple, torch.Tensor] = {}
         self._decoder: Any = None
         if rollout_engine == "static":
@@ -700,16 +752,37 @@ class VideoGRPOTrainer(GRPOTrainer):
             g = generation_config or cfg
             eos = g.eos_token_id if g.eos_token_id is not None else trainer.eos_token_ids
             media = trainer._gen_media
-            rows_ids, rows_mask, copies = input_ids, attention_mask, 1
-            if media is not None and len(media) == input_ids.size(0):
-                # a group's G copies of a prompt: prefill each distinct prompt once and copy its cache (prefix
+            ordered = trainer._gen_media is trainer._captured_media
+            pending = trainer._pending_shuffled if ordered and media is not None else None
+            n_rows = input_ids.size(0)
+            all_ids, all_mask = input_ids, attention_mask
+            if pending is not None:  # the shuffled-frame prompts join this batch, after the ordered rows
+                all_ids, all_mask = _left_pad_rows(
+                    [*(r[m.bool()] for r, m in zip(input_ids, attention_mask, strict=True)),
+                     *(torch.tensor(p, dtype=input_ids.dtype) for p in pending.prompt_ids)],
+                    trainer._tokenizer.pad_token_id, input_ids.device,
+                )  # fmt: skip
+                media = [*media, *pending.media]
+                carried = (*_IMAGE_FIELDS, *_VIDEO_FIELDS, "second_per_grid_ts", "mm_token_type_ids")
+                extra = sorted(k for k, v in inputs.items() if _is_row_tensor(v, input_ids) and k not in carried)
+                if extra:
+                    raise RuntimeError(
+                        f"merge_shuffled_rollouts: the processor gave per-row generation inputs {extra} that the "
+                        "merged batch cannot carry; set merge_shuffled_rollouts: false in the recipe"
+                    )
+            rows_ids, rows_mask, copies = all_ids, all_mask, 1
+            if media is not None and len(media) == all_ids.size(0):
+                # a group's copies of a prompt: prefill each distinct prompt once and copy its cache (prefix
                 # sharing; the copies stay adjacent, so the sampled rows are those of the full batch)
-                copies = uniform_copies(input_ids, attention_mask, media)
-                if copies > 1:
-                    keep_rows = torch.arange(0, input_ids.size(0), copies, device=input_ids.device)
-                    rows_ids, rows_mask = input_ids[keep_rows], attention_mask[keep_rows]
-                    inputs = {k: v[keep_rows] if _is_row_tensor(v, input_ids) else v for k, v in inputs.items()}
-                    media = media[::copies]
+                runs = copy_runs(all_ids, all_mask, media)
+                if max(runs) > 1:
+                    starts = np.cumsum([0, *runs[:-1]]).tolist()
+                    keep_rows = torch.tensor(starts, device=input_ids.device)
+                    rows_ids, rows_mask = all_ids[keep_rows], all_mask[keep_rows]
+                    if pending is None:
+                        inputs = {k: v[keep_rows] if _is_row_tensor(v, input_ids) else v for k, v in inputs.items()}
+                    media = [media[i] for i in starts]
+                    copies = runs[0] if len(set(runs)) == 1 else runs
             if media is not None and len(media) == rows_ids.size(0) and any(media):
                 # the tower once per distinct image / video; the features enter the prefill as mm_encoder_outputs
                 inputs = {k: v for k, v in inputs.items() if k not in (*_IMAGE_FIELDS, *_VIDEO_FIELDS)}
@@ -728,6 +801,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                 suppress_token_ids=list(g.suppress_tokens or []),
                 num_return_sequences=copies,
             )
+            if pending is not None:
+                trainer._finish_merged_shuffled(pending, new[n_rows:], eos)
+                new = new[:n_rows]
             return torch.cat([input_ids, new], dim=1)
 
         model.generate = generate  # an instance attribute, removed below: TRL's path calls unwrapped.generate()
@@ -771,6 +847,9 @@ class VideoGRPOTrainer(GRPOTrainer):
             shuffled, _ = shuffle_video_frames(x["prompt"], rng)
             rows.extend([i] * k)
             prompts.extend([shuffled] * k)
+        if self.merge_shuffled_rollouts:  # decoded with the ordered prompts (_finish_merged_shuffled scores them)
+            self._pending_shuffled = self._defer_shuffled(inputs, videos, rows, prompts) if prompts else None
+            return TemporalRows(videos, [0] * n, [0] * n) if not prompts else None
         needed = len(prompts)
         if self.accelerator.num_processes > 1:  # ZeRO-3 / FSDP generation is collective: all ranks must generate
             counts = self.accelerator.gather(torch.tensor([needed], device=self.accelerator.device))
@@ -778,6 +857,37 @@ class VideoGRPOTrainer(GRPOTrainer):
         texts: list[str] = []
         if needed:
             texts = self._generate_shuffled(prompts or [inputs[0]["prompt"]])[: len(prompts)]
+        return self._score_shuffled(inputs, videos, rows, texts)
+
+    def _defer_shuffled(
+        self, inputs: list[dict[str, Any]], videos: list[bool], rows: list[int], prompts: list[list[dict[str, Any]]]
+    ) -> PendingShuffled:
+        """Tokenize the shuffled prompts now; the ordered rollouts' generation call decodes them."""
+        with torch.no_grad():
+            prompt_ids, _, _ = self._tokenize_prompts(prompts)
+        media = rekey_media(self._gen_media, "shuffled")
+        return PendingShuffled(inputs, videos, rows, [list(p) for p in prompt_ids], media)
+
+    def _finish_merged_shuffled(self, pending: PendingShuffled, new: torch.Tensor, eos: Any) -> None:
+        """Score the shuffled rows of a merged generation batch (``new``: their new tokens) into the temporal state."""
+        eos_ids = set(eos if isinstance(eos, list | tuple) else [eos]) | set(self.eos_token_ids)
+        completions = []
+        for row in new.tolist():
+            end = next((i for i, t in enumerate(row) if t in eos_ids), len(row) - 1)
+            completions.append(row[: end + 1])  # through the first eos, as TRL's completion mask does
+        self._shuffled_completions(pending.prompt_ids, completions)
+        texts = self.processing_class.batch_decode(completions, skip_special_tokens=True)
+        self._temporal_state = self._score_shuffled(pending.inputs, pending.has_video, pending.rows, texts)
+        self._pending_shuffled = None
+
+    def _shuffled_completions(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> None:
+        """Hook: the token ids of a merged batch's shuffled rollouts (the bench counts them)."""
+
+    def _score_shuffled(
+        self, inputs: list[dict[str, Any]], videos: list[bool], rows: list[int], texts: list[str]
+    ) -> TemporalRows:
+        """Each shuffled rollout's correctness (``rewards.is_correct``) summed onto the input row it belongs to."""
+        n = len(inputs)
         correct, total = [0] * n, [0] * n
         if rows:
             comps = [[{"role": "assistant", "content": t}] for t in texts]
@@ -800,7 +910,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             media = self._captured_media
         finally:
             self._capture_media, self._captured_media = False, None
-            self._media_ctx, self._temporal_state = None, None
+            self._media_ctx, self._temporal_state, self._pending_shuffled = None, None, None
         if media is None:  # rollout_func path: TRL never tokenized the prompts itself
             if any(count_media(x["prompt"]) != (0, 0) for x in inputs):
                 raise NotImplementedError(
@@ -814,6 +924,11 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _temporal_reward(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
         """Eq. 4 bonus per completion (None for rows without video); also logs the temporal metrics."""
         state, n = self._temporal_state, len(completions)
+        if self._pending_shuffled is not None:
+            raise RuntimeError(
+                "the shuffled-frame rollouts were left for the ordered rollouts' generation call, which did not take "
+                "them (merge_shuffled_rollouts needs the static engine's generate() and per-row media)"
+            )
         if state is None or len(state.has_video) != n:
             raise RuntimeError("temporal reward called without the shuffled rollouts of this batch")
         task = columns.pop("task", None)
