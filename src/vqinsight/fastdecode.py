@@ -25,6 +25,11 @@ positions, `rope_deltas`) and replaces the decode loop:
   the token into the output buffer and advancing the counters all happen on the device. On CUDA the whole step is
   captured once as a CUDA graph per batch shape and replayed; the host checks for "all rows finished" only every
   ``check_every`` steps.
+- **Compiled on CUDA** by default (``compile=None``): ``torch.compile`` fuses the step's element-wise work, with
+  batch and cache length dynamic, so changing GRPO shapes do not recompile; the top-p nucleus is then found by
+  bisection instead of a sort. The CPU keeps the eager step.
+- **Per-prompt copies.** ``num_return_sequences`` (an int, or one count per prompt) prefills each prompt once and
+  copies its cache: GRPO's G rollouts of a prompt, and its frame-shuffled rollouts in the same batch.
 
 The math equals transformers' (same modules for projections, norms and MLP); the CPU test compares greedy tokens
 with ``generate()`` on the tiny demo model, and ``python -m vqinsight.bench decode`` compares logits with a
@@ -107,7 +112,7 @@ class StaticDecoder:
         check_every: int = 32,
         timing: bool = False,
         fuse_weights: bool = False,
-        compile: bool = False,
+        compile: bool | None = None,
         attention: str = "auto",
         top_p_method: str = "auto",
         length_bucket: int | None = None,
@@ -142,7 +147,7 @@ class StaticDecoder:
         # CUDA, matmul elsewhere, so the CPU demo's rollouts keep their float summation order.
         self.sdpa = attention == "sdpa" or (attention == "auto" and self.device.type == "cuda")
         cuda = self.device.type == "cuda"
-        self.compiled = bool(compile)
+        self.compiled = cuda if compile is None else bool(compile)
         # top-p: "sort" = sort the vocabulary and cut the cumulative mass (transformers' rule); "bisect" = the same
         # nucleus found as a probability threshold by 30 halvings of its float bit pattern (no sort; ties at the
         # threshold are all kept). "auto": bisect when the step is compiled on CUDA (7.23 -> 7.04 ms per step on an
@@ -163,10 +168,11 @@ class StaticDecoder:
         if fuse_weights:
             self.refresh_weights()
         # compile: torch.compile fuses the element-wise work (norms, rotary, masking, the top-p search) of the step
-        # into few kernels: 9.83 -> 7.64 ms per step on the 7B at batch 32 on an H200 (docs/PERFORMANCE.md). Off by
-        # default (opt-in: GRPO recipe `rollout_compile`, judge `--compile`): the compile costs ~40-55 s per process
-        # on the 7B, and the dynamic-shape step (_mark_dynamic) has not been timed on a GPU yet. If compiling fails
-        # (no triton, no C compiler), the step runs eagerly.
+        # into few kernels: 9.86 -> 7.63 ms per step on the 7B at batch 32 on an H200 (docs/PERFORMANCE.md). None
+        # (the default): on CUDA, off elsewhere (the CPU demo keeps its eager step). The compile costs ~40-55 s once
+        # per process on the 7B (less with a warm inductor cache); batch, cache length and output width are dynamic
+        # (_mark_dynamic), so GRPO's changing shapes did not recompile in two 7B runs. If compiling fails (no triton,
+        # no C compiler), the step runs eagerly.
         self._forward_fn = self._forward
         self._top_p_fn = _top_p_bisect
         if self.compiled:

@@ -335,7 +335,7 @@ class Judge:
         max_new_tokens: int = 256,
         engine: str = "hf",
         cache_items: int = 64,
-        compile: bool = False,
+        compile: bool | None = None,
         vllm: Any = None,
     ) -> None:
         from .models.load import vision_token_ids
@@ -691,8 +691,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
     ap.add_argument(
         "--compile",
-        action="store_true",
-        help="torch.compile the static engine's decode step (~40-55 s once on the 7B; docs/PERFORMANCE.md)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the static engine's decode step (default: on CUDA only; ~40-55 s once on the 7B; "
+        "docs/PERFORMANCE.md)",
     )
     ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
     ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")

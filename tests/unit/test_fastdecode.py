@@ -242,6 +242,7 @@ def test_length_buckets_reuse_one_cache_across_prompt_lengths(loaded):
     enc = _batch(processor)
     exact = StaticDecoder(model)
     assert exact.length_bucket == 1, "exact lengths on the CPU by default"
+    assert not exact.compiled and not exact.bisect_top_p, "compiled on CUDA only by default: the CPU step is eager"
     dec = StaticDecoder(model, length_bucket=64)
     out = dec.generate(enc, 20, do_sample=False)
     assert torch.equal(out, exact.generate(enc, 20, do_sample=False))

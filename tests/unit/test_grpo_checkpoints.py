@@ -109,6 +109,8 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
             Recipe.load(p)
     p.write_text(base + "rollout_engine: static\nrollout_compile: true\n")
     assert Recipe.load(p).rollout_compile is True
+    p.write_text(base + "rollout_compile: false\n")
+    assert Recipe.load(p).rollout_compile is False
     repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
     shipped = {name: Recipe.load(repo / f"{name}.yaml") for name in ("paper_stage1", "paper_stage2", "demo_stage1",
                                                                       "demo_stage2")}  # fmt: skip
@@ -119,7 +121,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         "demo_stage2": ("static", True),
     }
     assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())
-    assert not any(r.rollout_compile for r in shipped.values()), "compiling the decode step is opt-in"
+    assert all(r.rollout_compile is None for r in shipped.values()), "compiled on CUDA only, by the default"
     assert all(r.merge_shuffled_rollouts for r in shipped.values())  # (only the static engine acts on it)
 
 

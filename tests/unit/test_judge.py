@@ -370,6 +370,9 @@ def test_static_engine_reuses_vision_features_and_equals_the_hf_engine(world) ->
     for r, w in zip(have, want, strict=True):
         assert r["p"] == pytest.approx(w["p"], abs=1e-5)
     assert fast.vision.misses == 3  # nothing was encoded twice
+    assert not fast.decoder.compiled, "the decode step is compiled on CUDA only by default"
+    forced = J.Judge(model, proc, loader, engine="static", compile=True)  # --compile (compiles lazily, on first use)
+    assert forced.decoder.compiled
     with pytest.raises(ValueError, match="unknown engine"):
         J.Judge(model, proc, loader, engine="sglang")
     with pytest.raises(ValueError, match="vllm"):

@@ -93,12 +93,13 @@ def test_judge_engine_settings_reach_every_judge_job_and_defaults_add_nothing(tm
     """eval.judge.engine / compile / vllm_args become the judge CLI's flags in the eval and stage-3 judge jobs; the
     defaults add no flag, so existing results keep their shell commands (no params-triggered reruns)."""
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    cfg["eval"]["judge"] |= {"engine": "vllm", "vllm_args": {"tensor_parallel_size": 2}}
+    cfg["eval"]["judge"] |= {"engine": "vllm", "vllm_args": {"tensor_parallel_size": 2}, "compile": False}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = smk("-n", "-p", "--configfile", str(path), cwd=tmp_path).stdout
     judge_cmds = [line for line in out.splitlines() if "python -m vqinsight.judge " in line]
-    assert judge_cmds and all("--engine vllm --vllm-args '{\"tensor_parallel_size\": 2}'" in c for c in judge_cmds)
+    want = "--engine vllm --no-compile --vllm-args '{\"tensor_parallel_size\": 2}'"
+    assert judge_cmds and all(want in c for c in judge_cmds)
     assert "--split all" in " ".join(judge_cmds), "the stage-3 pair judging gets them too"
     default = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path).stdout
     assert "python -m vqinsight.judge " in default and "--engine" not in default and "--compile" not in default

@@ -66,7 +66,7 @@ def correctness(model, device, n_new: int, shape: tuple[int, int] = (16, 448)) -
     from vqinsight.fastdecode import StaticDecoder
 
     enc = make_inputs(model, 2, device, *shape, seed=1)
-    eager = StaticDecoder(model, use_cuda_graph=False)
+    eager = StaticDecoder(model, use_cuda_graph=False, compile=False)
     recorded: list[torch.Tensor] = []
     sample = eager._sample
 
@@ -76,7 +76,7 @@ def correctness(model, device, n_new: int, shape: tuple[int, int] = (16, 448)) -
 
     eager._sample = record
     fast = eager.generate(enc, n_new, do_sample=False)
-    graph = StaticDecoder(model).generate(enc, n_new, do_sample=False)
+    graph = StaticDecoder(model, compile=False).generate(enc, n_new, do_sample=False)
     with torch.no_grad():
         full = torch.cat([enc["input_ids"], fast], dim=1)
         kw = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
@@ -120,17 +120,18 @@ def load_model(size: str):
     return model, device
 
 
-#: the decoders timed besides generate(): StaticDecoder keyword arguments. "static_decoder" is the project's default
-#: (GRPO rollouts: eager step in a CUDA graph, sorted top-p, lengths in buckets of 256 on CUDA); "fused" the judge's
-#: (frozen weights: fused QKV and gate/up); "_compiled" adds torch.compile (and with it the bisection top-p on CUDA);
-#: "_sort" and "_matmul" undo one change each. In docs/bench/2026-12-02-h200-decode-32-compiled-default.json, measured
+#: the decoders timed besides generate(): StaticDecoder keyword arguments. "static_decoder" is the eager step (a CUDA
+#: graph, sorted top-p, lengths in buckets of 256 on CUDA); "fused" adds the judge's fused QKV and gate/up (frozen
+#: weights); "_compiled" adds torch.compile (and with it the bisection top-p on CUDA): "static_decoder_compiled" is
+#: the GRPO rollouts' default on CUDA, "fused_compiled" the judge's. "_sort" and "_matmul" undo one change each.
+#: In docs/bench/2026-12-02-h200-decode-32-compiled-default.json, measured
 #: while compile was briefly the CUDA default, "static_decoder" is today's "static_decoder_compiled" and
 #: "static_decoder_eager" today's "static_decoder" with exact lengths.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "static_decoder": {},
-    "static_decoder_greedy": {"greedy": True},
+    "static_decoder": {"compile": False},
+    "static_decoder_greedy": {"greedy": True, "compile": False},
     "static_decoder_compiled": {"compile": True},
-    "fused": {"fuse_weights": True},
+    "fused": {"fuse_weights": True, "compile": False},
     "fused_compiled": {"fuse_weights": True, "compile": True},
     "fused_compiled_sort": {"fuse_weights": True, "compile": True, "top_p_method": "sort"},
     "fused_compiled_matmul": {"fuse_weights": True, "compile": True, "attention": "matmul"},

@@ -634,7 +634,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "gradient_checkpointing": not args.no_grad_ckpt,
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
-        "rollout_compile": args.rollout_compile,
+        "rollout_compile": args.rollout_compile,  # None: the default (on CUDA only); see rollout_compiled
         "merge_shuffled_rollouts": args.rollout_engine == "static"
         and not args.no_share_vision
         and not args.no_merge_shuffled,
@@ -792,6 +792,8 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
             if cuda:
                 doc["memory_before_train_gib"] = torch.cuda.memory_allocated() / GIB
             trainer.train()
+            decoder = getattr(trainer, "_decoder", None)
+            settings["rollout_compiled"] = bool(decoder is not None and decoder.compiled)  # what the default chose
             doc["trl_log"] = [h for h in trainer.state.log_history if "loss" in h][-1:]
             snapshot("ok")
         except torch.cuda.OutOfMemoryError as e:
@@ -818,7 +820,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--task", choices=("comparison", "video_score"), default="comparison")
     ap.add_argument("--rollout-engine", choices=("hf", "static"), default="hf", help="VideoGRPOTrainer rollouts")
     ap.add_argument(
-        "--rollout-compile", action="store_true", help="torch.compile the static engine's decode step (opt-in)"
+        "--rollout-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the static engine's decode step (default: on CUDA only, as in training)",
     )
     ap.add_argument(
         "--no-merge-shuffled",

@@ -54,8 +54,8 @@ class Recipe:
     comparison_both_orders: bool = False
     #: rollout generation: "hf" (transformers generate()) or "static" (vqinsight.fastdecode.StaticDecoder)
     rollout_engine: str = "hf"
-    #: torch.compile the static engine's decode step (opt-in; docs/PERFORMANCE.md)
-    rollout_compile: bool = False
+    #: torch.compile the static engine's decode step: true / false; absent = on CUDA only (docs/PERFORMANCE.md)
+    rollout_compile: bool | None = None
     #: decode the frame-shuffled rollouts in the ordered rollouts' batch (static engine; docs/PERFORMANCE.md)
     merge_shuffled_rollouts: bool = True
     #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
@@ -77,8 +77,8 @@ class Recipe:
             )
         if self.rollout_engine not in ("hf", "static"):
             raise ValueError(f"rollout_engine must be 'hf' or 'static', got {self.rollout_engine!r}")
-        if not isinstance(self.rollout_compile, bool):
-            raise ValueError(f"rollout_compile must be true or false, got {self.rollout_compile!r}")
+        if self.rollout_compile is not None and not isinstance(self.rollout_compile, bool):
+            raise ValueError(f"rollout_compile must be true or false (or absent), got {self.rollout_compile!r}")
         if self.rollout_compile and self.rollout_engine != "static":
             raise ValueError("rollout_compile: true needs rollout_engine: static")
         if not isinstance(self.merge_shuffled_rollouts, bool):

@@ -532,8 +532,8 @@ class VideoGRPOTrainer(GRPOTrainer):
       decoded in the same batch as the ordered ones, one prefill and one decode loop per step instead of two. A
       decode step costs about the same at batch 8 and 12 (it reads the weights), so on the 7B this saves most of
       the shuffled rollouts' time (docs/PERFORMANCE.md). Off, or with the ``hf`` engine, they are a separate call.
-    * ``rollout_compile`` (default off): ``torch.compile`` the static engine's decode step (7.64 instead of 9.83 ms
-      per step on the 7B at batch 32 on an H200; one ~40 s compile per run; not under ZeRO-3).
+    * ``rollout_compile``: ``torch.compile`` the static engine's decode step (7.63 instead of 9.86 ms per step on the
+      7B at batch 32 on an H200; one ~40 s compile per run; never under ZeRO-3). None (default): on CUDA only.
 
     Correctness uses the row's ``task`` column and its ground-truth columns (``gt_score``, ``gt_scores``,
     ``gt_choice``). Logged each step: ``temporal/acc_ordered`` and ``temporal/acc_shuffled`` (mean over video groups),
@@ -554,7 +554,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rollout_engine: str = "hf",
         share_vision: bool = True,
         batched_vision_attention: bool = True,
-        rollout_compile: bool = False,
+        rollout_compile: bool | None = None,
         merge_shuffled_rollouts: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -587,7 +587,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.rollout_engine = rollout_engine
         if rollout_compile and rollout_engine != "static":
             raise ValueError("rollout_compile needs rollout_engine 'static' (it compiles the StaticDecoder's step)")
-        self.rollout_compile = bool(rollout_compile)
+        self.rollout_compile = None if rollout_compile is None else bool(rollout_compile)
         self.share_vision = bool(share_vision)
         # the merged batch needs per-row media (share_vision) and the static engine's generate()
         self.merge_shuffled_rollouts = bool(merge_shuffled_rollouts) and rollout_engine == "static" and share_vision
