@@ -169,9 +169,9 @@ class StaticDecoder:
             self.refresh_weights()
         # compile: torch.compile fuses the element-wise work (norms, rotary, masking, the top-p search) of the step
         # into few kernels: 9.86 -> 7.63 ms per step on the 7B at batch 32 on an H200 (docs/PERFORMANCE.md). None
-        # (the default): on CUDA, off elsewhere (the CPU demo keeps its eager step). The compile costs ~40-55 s once
+        # (the default): on CUDA, off elsewhere (the CPU demo keeps its eager step). The compile costs ~40-65 s once
         # per process on the 7B (less with a warm inductor cache); batch, cache length and output width are dynamic
-        # (_mark_dynamic), so GRPO's changing shapes did not recompile in two 7B runs. If compiling fails (no triton,
+        # (_mark_dynamic), so GRPO's changing shapes did not recompile in six 7B runs. If compiling fails (no triton,
         # no C compiler), the step runs eagerly.
         self._forward_fn = self._forward
         self._top_p_fn = _top_p_bisect

@@ -635,9 +635,6 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
         "rollout_compile": args.rollout_compile,  # None: the default (on CUDA only); see rollout_compiled
-        "merge_shuffled_rollouts": args.rollout_engine == "static"
-        and not args.no_share_vision
-        and not args.no_merge_shuffled,
         "share_vision": not args.no_share_vision,
         "vision_attention": "per-window loop (transformers)" if args.vision_attention_loop else "batched",
         "lora": {"r": args.lora, "alpha": 2 * args.lora, "targets": "language-model linears"} if args.lora else None,
@@ -789,6 +786,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                 )
             trainer.add_callback(timing_callback(timer, lambda: snapshot("running")))
             settings["reference_model"] = trainer.ref_model is not None
+            settings["merge_shuffled_rollouts"] = trainer.merge_shuffled_rollouts  # as the trainer resolved it
             if cuda:
                 doc["memory_before_train_gib"] = torch.cuda.memory_allocated() / GIB
             trainer.train()
