@@ -165,10 +165,11 @@ def test_tiny_step_lora_static_engine_micro_batches(tmp_path: Path) -> None:
 
 
 def test_static_engine_without_merging_times_the_shuffled_call(tmp_path: Path) -> None:
-    status, doc = run_bench(tmp_path, "--rollout-engine", "static", "--no-merge-shuffled")
+    status, doc = run_bench(tmp_path, "--rollout-engine", "static", "--no-merge-shuffled", "--ckpt-layers", "1")
     assert status == 0 and doc["status"] == "ok", doc.get("traceback")
     r, t = doc["rollout"], doc["timings_s"]
     assert doc["settings"]["merge_shuffled_rollouts"] is False
+    assert doc["settings"]["checkpoint_layers"] == 1 and doc["settings"]["gradient_checkpointing"] is True
     assert t["shuffled_rollout"] > 0 and r["shuffled"]["sequences"] == 1
     assert r["all"]["seconds"] == pytest.approx(t["rollout"] + t["shuffled_rollout"])
 

@@ -102,6 +102,9 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         ("rollout_compile: true\n", "rollout_compile"),  # the hf engine has no step to compile
         ("rollout_engine: static\nrollout_compile: yes please\n", "rollout_compile"),
         ("rollout_engine: static\nmerge_shuffled_rollouts: 1\n", "merge_shuffled_rollouts"),
+        ("checkpoint_layers: 4\n", "checkpoint_layers needs trainer.gradient_checkpointing"),
+        ("checkpoint_layers: -1\n", "checkpoint_layers must be >= 0"),
+        ("checkpoint_layers: half\n", "checkpoint_layers must be an integer"),
     ]
     for extra, key in bad:
         p.write_text(base + extra)
@@ -111,6 +114,8 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
     assert Recipe.load(p).rollout_compile is True
     p.write_text(base + "rollout_compile: false\n")
     assert Recipe.load(p).rollout_compile is False
+    p.write_text(base.replace("beta: 0.0", "beta: 0.0, gradient_checkpointing: true") + "checkpoint_layers: 20\n")
+    assert Recipe.load(p).checkpoint_layers == 20
     repo = Path(__file__).resolve().parents[2] / "config" / "recipes"
     shipped = {name: Recipe.load(repo / f"{name}.yaml") for name in ("paper_stage1", "paper_stage2", "demo_stage1",
                                                                       "demo_stage2")}  # fmt: skip
@@ -122,6 +127,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
     }
     assert all(r.outside_answer_weight == 1.0 and not r.comparison_both_orders for r in shipped.values())
     assert all(r.rollout_compile is None for r in shipped.values()), "compiled on CUDA only, by the default"
+    assert all(r.checkpoint_layers is None for r in shipped.values()), "every layer recomputes unless a recipe says"
     # the paper's stage 2 merges the shuffled rollouts into the ordered batch; the demo keeps the stream it was tuned
     # on (config/recipes/demo_stage2.yaml)
     assert {n: r.merge_shuffled_rollouts for n, r in shipped.items()} == {

@@ -130,6 +130,7 @@ def make_trainer(
         "rollout_engine",
         "merge_shuffled_rollouts",
         "share_vision",
+        "checkpoint_layers",
     )
     trainer_kw = {k: kw.pop(k) for k in trainer_keys if k in kw}
     cfg = {
@@ -863,3 +864,85 @@ def test_gradient_checkpointing_hooks_do_not_pile_up_over_steps(tiny_dir: Path, 
     trainer.train()
     assert len(counts) == 3 and counts[0] >= 1, counts
     assert counts == [counts[0]] * 3, f"embedding forward hooks per step: {counts}"
+
+
+def _checkpoint_flags(trainer: VideoGRPOTrainer) -> tuple[list[bool], list[bool]]:
+    """(decoder layers', vision blocks') ``gradient_checkpointing`` flags."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    layers = model.model.language_model.layers
+    blocks = model.model.visual.blocks
+    return [bool(x.gradient_checkpointing) for x in layers], [bool(b.gradient_checkpointing) for b in blocks]
+
+
+def test_checkpoint_layers_recompute_only_the_first_layers_across_trl_toggles(tiny_dir: Path, tmp_path: Path) -> None:
+    """checkpoint_layers=1 of 2: only the first decoder layer recomputes in the backward, the vision tower stays
+    checkpointed, and the limit survives TRL switching checkpointing off and on around each generation call."""
+    from transformers import TrainerCallback
+
+    trainer = make_trainer(
+        tiny_dir,
+        tmp_path,
+        [0, 1],
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=2,
+        gradient_checkpointing=True,
+        temporal=True,
+        rollout_engine="static",
+        checkpoint_layers=1,
+    )
+    flags: list[tuple[list[bool], list[bool]]] = []
+
+    class Flags(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            flags.append(_checkpoint_flags(trainer))
+
+    trainer.add_callback(Flags())
+    trainer.train()
+    assert flags == [([True, False], [True, True])] * 2, flags
+
+    # what the flags do: count the checkpoint calls of one forward + backward, after a fresh enable (as TRL's)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.gradient_checkpointing_disable()
+    model.gradient_checkpointing_enable()
+    assert _checkpoint_flags(trainer) == ([True, False], [True, True])
+    calls = [0, 0]
+    for i, layer in enumerate(model.model.language_model.layers):
+        inner = layer._gradient_checkpointing_func
+
+        def counted(*args: Any, i: int = i, inner: Any = inner, **kw: Any) -> Any:
+            calls[i] += 1
+            return inner(*args, **kw)
+
+        layer._gradient_checkpointing_func = counted
+    model.train()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert calls == [1, 0], calls
+
+
+def test_checkpoint_layers_leave_gradients_unchanged_and_refuse_bad_values(tiny_dir: Path, tmp_path: Path) -> None:
+    from vqinsight.grpo.trainer import limit_checkpointed_layers
+
+    grads = []
+    for n in (None, 0, 1, 2):
+        trainer = make_trainer(tiny_dir, tmp_path, [0], gradient_checkpointing=True, checkpoint_layers=n)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.gradient_checkpointing_enable()
+        model.train()
+        torch.manual_seed(0)
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        recomputed = 2 if n is None else n
+        assert _checkpoint_flags(trainer)[0] == [True] * recomputed + [False] * (2 - recomputed)
+    for g in grads[1:]:
+        assert g.keys() == grads[0].keys()
+        for k in g:
+            torch.testing.assert_close(g[k], grads[0][k], atol=0, rtol=0)
+    for bad in (3, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"checkpoint_layers must be an integer in \[0, 2\]"):
+            limit_checkpointed_layers(model, bad)
+    with pytest.raises(ValueError, match="checkpoint_layers needs gradient_checkpointing"):
+        make_trainer(tiny_dir, tmp_path, [0], gradient_checkpointing=False, checkpoint_layers=1)

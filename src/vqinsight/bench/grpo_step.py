@@ -632,6 +632,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         "temperature": 1.0,
         "top_p": 0.95,
         "gradient_checkpointing": not args.no_grad_ckpt,
+        "checkpoint_layers": args.ckpt_layers,  # None: every layer recomputes
         "micro_batch": args.micro_batch or args.generations,
         "rollout_engine": args.rollout_engine,
         "rollout_compile": args.rollout_compile,  # None: the default (on CUDA only); see rollout_compiled
@@ -780,6 +781,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                     rollout_engine=args.rollout_engine,
                     rollout_compile=args.rollout_compile,
                     merge_shuffled_rollouts=not args.no_merge_shuffled,
+                    checkpoint_layers=args.ckpt_layers,
                     share_vision=not args.no_share_vision,
                     batched_vision_attention=not args.vision_attention_loop,
                     peft_config=peft_config,
@@ -831,6 +833,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank on the language model's linears (0: full)")
     ap.add_argument("--micro-batch", type=int, default=0, help="rows per forward/backward (0: the whole group)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="no activation checkpointing")
+    ap.add_argument(
+        "--ckpt-layers",
+        type=int,
+        default=None,
+        help="with activation checkpointing: recompute only the first N language-model layers (default: all)",
+    )
     ap.add_argument("--no-share-vision", action="store_true", help="vision tower once per row, as TRL does")
     ap.add_argument(
         "--vision-attention-loop",

@@ -58,6 +58,9 @@ class Recipe:
     rollout_compile: bool | None = None
     #: decode the frame-shuffled rollouts in the ordered rollouts' batch (static engine; docs/PERFORMANCE.md)
     merge_shuffled_rollouts: bool = True
+    #: with trainer.gradient_checkpointing: recompute only the first N language-model layers, the rest keep their
+    #: activations (more memory, less backward work; docs/PERFORMANCE.md); absent = every layer
+    checkpoint_layers: int | None = None
     #: vision tower once per distinct image / video in the training forwards (same math, fewer tower calls)
     share_vision: bool = True
     #: attention kernels of the policy (and its reference): "sdpa", "eager", "flash_attention_2"; None keeps the
@@ -83,6 +86,13 @@ class Recipe:
             raise ValueError("rollout_compile: true needs rollout_engine: static")
         if not isinstance(self.merge_shuffled_rollouts, bool):
             raise ValueError(f"merge_shuffled_rollouts must be true or false, got {self.merge_shuffled_rollouts!r}")
+        if self.checkpoint_layers is not None:
+            if isinstance(self.checkpoint_layers, bool) or not isinstance(self.checkpoint_layers, int):
+                raise ValueError(f"checkpoint_layers must be an integer (or absent), got {self.checkpoint_layers!r}")
+            if self.checkpoint_layers < 0:
+                raise ValueError(f"checkpoint_layers must be >= 0, got {self.checkpoint_layers}")
+            if not self.trainer.get("gradient_checkpointing"):
+                raise ValueError("checkpoint_layers needs trainer.gradient_checkpointing: true")
         if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {self.outside_answer_weight!r}")
         unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         rollout_engine=recipe.rollout_engine,
         rollout_compile=recipe.rollout_compile,
         merge_shuffled_rollouts=recipe.merge_shuffled_rollouts,
+        checkpoint_layers=recipe.checkpoint_layers,
         share_vision=bool(recipe.share_vision),
     )
     resume = latest_checkpoint(a.checkpoint_dir)

@@ -506,6 +506,54 @@ def _stop_input_grad_hook_leak(model: Any) -> None:
         m.enable_input_require_grads = replace
 
 
+def _decoder_layers(model: Any) -> list[Any]:
+    """The language model's repeated blocks (``GradientCheckpointingLayer``), in forward order; the vision tower's
+    blocks are not among them."""
+    from transformers import PreTrainedModel
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            decoder = m.get_decoder()
+            return [x for x in decoder.modules() if isinstance(x, GradientCheckpointingLayer)]
+    raise ValueError(f"{type(model).__name__} holds no transformers PreTrainedModel")
+
+
+def limit_checkpointed_layers(model: Any, n: int) -> int:
+    """Recompute only the first ``n`` language-model layers under activation checkpointing; the others keep their
+    activations for the backward (no second forward). Returns the number of decoder layers.
+
+    Full checkpointing recomputes every layer's forward in the backward, about a quarter of the update's matmul
+    work. Where the GPU has memory to spare, leaving some layers un-checkpointed buys that work back (the first
+    layers are the ones recomputed, so the kept activations are freed before the recompute starts). Every
+    ``PreTrainedModel`` inside ``model`` re-applies the limit whenever checkpointing is switched on again (TRL
+    switches it off and on around each generation call). Checkpointing itself stays off until the trainer enables
+    it (``gradient_checkpointing: true``)."""
+    from transformers import PreTrainedModel
+
+    layers = _decoder_layers(model)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(layers):
+        raise ValueError(f"checkpoint_layers must be an integer in [0, {len(layers)}] (decoder layers), got {n!r}")
+    keep = layers[n:]
+
+    def apply() -> None:
+        for layer in keep:
+            layer.gradient_checkpointing = False
+
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel) or "_set_gradient_checkpointing" in vars(m):
+            continue
+        original = m._set_gradient_checkpointing
+
+        def limited(*args: Any, original: Any = original, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            apply()
+
+        m._set_gradient_checkpointing = limited
+    apply()
+    return len(layers)
+
+
 class VideoGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` (1.16.0) for Qwen2.5-VL prompts with 0-2 videos and/or images per row.
 
@@ -534,6 +582,9 @@ class VideoGRPOTrainer(GRPOTrainer):
       the shuffled rollouts' time (docs/PERFORMANCE.md). Off, or with the ``hf`` engine, they are a separate call.
     * ``rollout_compile``: ``torch.compile`` the static engine's decode step (7.63 instead of 9.86 ms per step on the
       7B at batch 32 on an H200; one ~40 s compile per run; never under ZeRO-3). None (default): on CUDA only.
+    * ``checkpoint_layers``: with ``gradient_checkpointing``, recompute only the first N language-model layers;
+      the rest keep their activations (``limit_checkpointed_layers``). None (default): every layer, as transformers
+      does. Costs about (L - N) layers' activations of memory, saves their forward recompute in the backward.
 
     Correctness uses the row's ``task`` column and its ground-truth columns (``gt_score``, ``gt_scores``,
     ``gt_choice``). Logged each step: ``temporal/acc_ordered`` and ``temporal/acc_shuffled`` (mean over video groups),
@@ -556,6 +607,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         batched_vision_attention: bool = True,
         rollout_compile: bool | None = None,
         merge_shuffled_rollouts: bool = True,
+        checkpoint_layers: int | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -568,6 +620,14 @@ class VideoGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         super().__init__(*args, **kwargs)
         _stop_input_grad_hook_leak(self.model)
+        self.checkpoint_layers = checkpoint_layers
+        if checkpoint_layers is not None:
+            if not self.args.gradient_checkpointing:
+                raise ValueError(
+                    "checkpoint_layers needs gradient_checkpointing=True (it picks the layers that recompute)"
+                )
+            total = limit_checkpointed_layers(self.model, checkpoint_layers)
+            logger.info("checkpointing: the first %d of %d decoder layers recompute", checkpoint_layers, total)
         if batched_vision_attention:  # the policy and TRL's reference model (built from the config's path)
             for m in (self.model, self.ref_model):
                 if m is not None:
