@@ -162,6 +162,9 @@ class StaticDecoder:
         self.check_every = max(1, int(check_every))
         self._states: dict[tuple, _State] = {}
         self._sampling: dict[str, Any] = {}
+        # what score_after_generate needs of the last generate() call; None once another call may have reused the
+        # state's buffers
+        self._last_generation: dict[str, Any] | None = None
         # fuse_weights: one QKV and one gate/up matrix per layer (4 matmuls per layer instead of 7). They are copies,
         # so a model whose weights change (GRPO) must call refresh_weights() before generating; +~8.5 GB on 7B.
         self.fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] | None = None
@@ -371,6 +374,7 @@ class StaticDecoder:
         eos_token_id: int | list[int] | None = None,
         suppress_token_ids: list[int] | None = None,
         num_return_sequences: int | Sequence[int] = 1,
+        reserve_tokens: int = 0,
     ) -> torch.Tensor:
         """New tokens (B * num_return_sequences, max_new_tokens), the copies of a prompt adjacent; after a row's eos
         the row holds eos (the first id when ``eos_token_id`` is a list, any of which ends a row). ``enc`` must be
@@ -379,7 +383,8 @@ class StaticDecoder:
         With num_return_sequences = G (GRPO's group), each prompt is prefilled ONCE and its cache copied G times
         (prefix sharing); transformers' generate() prefills every copy. A sequence gives each prompt its own number
         of copies (>= 1; GRPO's G ordered rollouts of a prompt and k shuffled-frame ones in one batch): then
-        sum(num_return_sequences) rows."""
+        sum(num_return_sequences) rows. ``reserve_tokens``: cache slots kept free after the new tokens for
+        score_after_generate."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -402,6 +407,7 @@ class StaticDecoder:
             self._eos_ids = torch.tensor(eos_ids or (), dtype=torch.long, device=self.device)
             self._suppress_ids = torch.tensor(suppress, dtype=torch.long, device=self.device)
 
+        self._last_generation = None
         t0 = self._clock()
         if isinstance(num_return_sequences, int):
             copies = [num_return_sequences] * ids.shape[0]
@@ -419,7 +425,9 @@ class StaticDecoder:
             logits, deltas, am = (x.repeat_interleave(reps, dim=0) for x in (logits, deltas, am))
         b, length = sum(copies), ids.shape[1]
         rows = None if g else torch.repeat_interleave(torch.tensor(copies, device=logits.device))
-        s = self._state(b, self._bucket(length + max_new_tokens), max_new_tokens)
+        if reserve_tokens < 0:
+            raise ValueError(f"reserve_tokens must be >= 0, got {reserve_tokens}")
+        s = self._state(b, self._bucket(length + max_new_tokens + reserve_tokens), max_new_tokens)
         for i, layer_cache in enumerate(cache.layers):
             keys, values = layer_cache.keys, layer_cache.values
             if rows is not None:  # each prompt's copies (one temporary of the copied rows per layer)
@@ -454,10 +462,92 @@ class StaticDecoder:
                 s.out[:, i + 1 :] = eos_ids[0]
                 break
         out = s.out.clone()
+        steps = int(s.widx.item()) - length  # new tokens now in the cache (the last emitted one is not)
+        last_prompt = ids[:, -1] if g == 1 else ids[:, -1].repeat_interleave(torch.tensor(copies, device=ids.device))
+        self._last_generation = {
+            "state": s,
+            "length": length,
+            "end": length + steps,
+            "start": s.pos - steps,  # rotary position of the first new token, per row
+            "mask": s.mask.clone(),
+            "last_prompt": last_prompt.to(self.device),
+        }
         if self.timing:
             t2 = self._clock()
             self.last_timing = {"prefill_s": t1 - t0, "decode_s": t2 - t1}
         return out
+
+    def room_after_generate(self) -> int:
+        """Cache slots left after the last generate() for score_after_generate's tokens (-1: no usable state)."""
+        g = self._last_generation
+        return -1 if g is None else int(g["mask"].shape[1]) - g["end"]
+
+    @torch.no_grad()
+    def score_after_generate(
+        self, kept: Sequence[int], continuations: list[list[list[int]]], scored: list[list[int]]
+    ) -> torch.Tensor:
+        """``score`` with the prompts' context read from the last generate() call's cache: no prefill.
+
+        Row b's context is its prompt plus its first ``kept[b]`` new tokens, exactly as generate() produced them;
+        ``continuations[b][c]`` follows that context and its last ``scored[b][c]`` tokens are summed. The cache
+        slots of the row's later new tokens are masked out and the continuation is written after them, at the
+        rotary positions it would have right after the context (attention sees only the mask and the positions, so
+        the result is that of a prefill of context + continuation, up to float summation order). The context's
+        last token is fed again, because its logits were not kept. Needs the same rows as the last generate()
+        (one sequence each) and room_after_generate() > the longest continuation; another generate() or score()
+        call in between is an error.
+        """
+        g = self._last_generation
+        if g is None:
+            raise RuntimeError("score_after_generate needs the state of a generate() call (none, or reused since)")
+        s, length, end = g["state"], g["length"], g["end"]
+        b = s.tok.shape[0]
+        if len(kept) != b or len(continuations) != b or len(scored) != b:
+            raise ValueError(f"{len(kept)} kept counts / {len(continuations)} continuation lists / {len(scored)} "
+                             f"scored lists for the {b} rows of the last generate()")  # fmt: skip
+        n_cont = {len(c) for c in continuations}
+        if len(n_cont) != 1:
+            raise ValueError("every row needs the same number of continuations")
+        c = n_cont.pop()
+        for k in kept:
+            if not 0 <= k <= end - length:
+                raise ValueError(f"kept count {k} is outside 0..{end - length} (new tokens in the cache)")
+        for row, counts in zip(continuations, scored, strict=True):
+            for toks, k in zip(row, counts, strict=True):
+                if not 1 <= k <= len(toks):
+                    raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
+        longest = max(len(t) for row in continuations for t in row)
+        if longest + 1 > self.room_after_generate():
+            raise ValueError(f"{longest + 1} tokens do not fit the {self.room_after_generate()} free cache slots")
+        kept_t = torch.tensor(list(kept), dtype=torch.long, device=self.device)
+        refed = torch.where(kept_t == 0, g["last_prompt"], s.out.gather(1, (kept_t - 1).clamp(min=0)[:, None])[:, 0])
+        cols = torch.arange(g["mask"].shape[1], device=self.device)[None, :]
+        first = (length + kept_t - 1)[:, None]  # the slot of the re-fed token: masked, written again after `end`
+        base = g["mask"] & ~((cols >= first) & (cols < end))
+        pos0 = g["start"] + kept_t - 1
+        self._last_generation = None  # the buffers are written below; a second call would see them changed
+        totals = torch.zeros(b, c, dtype=torch.float32, device=self.device)
+        for j in range(c):
+            seqs = [row[j] for row in continuations]
+            n = max(len(t) for t in seqs) + 1
+            tok = torch.zeros(b, n, dtype=torch.long)
+            weight = torch.zeros(b, n, dtype=torch.float32)
+            for r, t in enumerate(seqs):
+                tok[r, 1 : 1 + len(t)] = torch.tensor(t)
+                weight[r, 1 + len(t) - scored[r][j] : 1 + len(t)] = 1.0
+            tok, weight = tok.to(self.device), weight.to(self.device)
+            tok[:, 0] = refed
+            s.mask.copy_(base)
+            s.pos.copy_(pos0)
+            s.widx.fill_(end)
+            for t in range(n - 1):
+                s.tok.copy_(tok[:, t])
+                s.mask.index_fill_(1, s.widx, True)
+                logp = torch.log_softmax(self._forward_fn(s), dim=-1)
+                totals[:, j] += weight[:, t + 1] * logp.gather(1, tok[:, t + 1 : t + 2])[:, 0]
+                s.pos += 1
+                s.widx += 1
+        return totals
 
     @torch.no_grad()
     def score(
@@ -487,6 +577,7 @@ class StaticDecoder:
                 if not 1 <= k <= len(toks):
                     raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
         longest = max(len(t) for row in continuations for t in row)
+        self._last_generation = None  # _state() below may hand out the generation's buffers
         logits0, cache, deltas = self.prefill(enc)
         s = self._state(b, self._bucket(length + longest), 1)
         for i, layer_cache in enumerate(cache.layers):

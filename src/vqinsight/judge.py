@@ -336,6 +336,7 @@ class Judge:
         engine: str = "hf",
         cache_items: int = 64,
         compile: bool | None = None,
+        margin_from_cache: bool | None = None,
         vllm: Any = None,
     ) -> None:
         from .models.load import vision_token_ids
@@ -363,6 +364,19 @@ class Judge:
             # +~8.5 GB on the 7B), unless PEFT wraps the projections (their .weight would miss the adapter)
             fuse = self.device.type == "cuda" and _plain_projections(model)
             self.decoder = StaticDecoder(model, fuse_weights=fuse, compile=compile)
+        # the margin's answer strings scored from the greedy generation's own KV cache (no second prefill of prompt
+        # + completion; _candidate_probs_shared): static engine; default on CUDA only, so the CPU demo's margins keep
+        # their float summation order
+        if margin_from_cache and engine != "static":
+            raise ValueError("margin_from_cache needs engine 'static' (it reads the StaticDecoder's cache)")
+        cuda = self.device is not None and self.device.type == "cuda"
+        self.margin_from_cache = engine == "static" and (
+            cuda if margin_from_cache is None else bool(margin_from_cache)
+        )
+        self.max_refeed = 32  # a row whose completion re-tokenises differently earlier than this is prefilled again
+        self.reserve_tokens = 64  # free cache slots after the completion: "<answer>", the answer strings, max_refeed
+        self.margin_stats = {"from_cache": 0, "prefilled": 0}
+        self._last_gen: dict[str, Any] | None = None
 
     def _prompts(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
         """Per row: the chat text (+ suffix) and its decoded images and videos in prompt order."""
@@ -458,6 +472,7 @@ class Judge:
             out = self.vllm.generate(reqs, sample=sample, k=k, temperature=temperature)
             return out if sample else [o[0] for o in out]
         enc, _ = self._encode(rows)
+        self._last_gen = None
         if self.decoder is not None:
             new = self.decoder.generate(
                 enc,
@@ -467,8 +482,12 @@ class Judge:
                 eos_token_id=self._eos_ids() or None,
                 suppress_token_ids=self.suppress,
                 num_return_sequences=k if sample else 1,
+                reserve_tokens=0 if sample or not self.margin_from_cache else self.reserve_tokens,
             )
             texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            if not sample:  # what _candidate_probs_shared needs to score from this generation's cache
+                self._last_gen = {"rows": rows, "ids": enc["input_ids"].cpu(), "am": enc["attention_mask"].cpu(),
+                                  "new": new.cpu()}  # fmt: skip
             return [texts[i * k : (i + 1) * k] for i in range(len(rows))] if sample else texts
         kw: dict[str, Any] = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
         if sample:
@@ -534,6 +553,83 @@ class Judge:
         ids, am = full["input_ids"].cpu(), full["attention_mask"].cpu().bool()
         seqs = [ids[i][am[i]].tolist() for i in range(n * c)]
         lengths = answer_token_counts(tok, tails, strings * n)
+        if self.margin_from_cache:
+            total, rest = self._scores_from_generation(rows, seqs, lengths, c)
+            self.margin_stats["from_cache"] += n - len(rest)
+            self.margin_stats["prefilled"] += len(rest)
+            if rest:
+                total[rest] = torch.as_tensor(
+                    self._scores_by_prefill(
+                        [rows[i] for i in rest],
+                        [prefixes[i] for i in rest],
+                        strings,
+                        [seqs[i * c + j] for i in rest for j in range(c)],
+                        [lengths[i * c + j] for i in rest for j in range(c)],
+                    ),  # fmt: skip
+                    dtype=total.dtype,
+                )
+            return _verdict_probs(total, verdicts).cpu().numpy()
+        total = self._scores_by_prefill(rows, prefixes, strings, seqs, lengths)
+        return _verdict_probs(total.float(), verdicts).cpu().numpy()
+
+    def _scores_from_generation(self, rows: list[dict[str, Any]], seqs: list[list[int]], lengths: list[int], c: int):
+        """(total (n, c) float32 on the CPU, indices of the rows left to ``_scores_by_prefill``).
+
+        A row is scored from the last greedy generation's cache when that generation was of these same rows, the
+        scored text's tokens start with the row's prompt, and they match the generated tokens up to at most
+        ``max_refeed`` tokens before the answer string (the rest is teacher-forced from the cache)."""
+        import torch
+
+        n = len(rows)
+        total = torch.zeros(n, c, dtype=torch.float32)
+        g, self._last_gen = self._last_gen, None
+        if g is None or g["rows"] is not rows or self.decoder.room_after_generate() < 0:
+            return total, list(range(n))
+        eos = set(self._eos_ids())
+        kept, conts, scored, rest, use = [], [], [], [], []
+        for r in range(n):
+            prompt = g["ids"][r][g["am"][r].bool()].tolist()
+            new = g["new"][r].tolist()
+            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+            new = new[:cut]
+            group, counts = seqs[r * c : (r + 1) * c], lengths[r * c : (r + 1) * c]
+            m = min(len(new), *(len(q) - len(prompt) - k for q, k in zip(group, counts, strict=True)))
+            ok = m >= 0 and all(q[: len(prompt)] == prompt for q in group)
+            if ok:
+                for q in group:
+                    same = 0
+                    while same < m and q[len(prompt) + same] == new[same]:
+                        same += 1
+                    m = same
+                ok = max(len(q) - len(prompt) - m for q in group) <= self.max_refeed + max(counts)
+            if not ok:
+                rest.append(r)
+                kept.append(0)
+                conts.append([[0]] * c)
+                scored.append([1] * c)
+                continue
+            use.append(r)
+            kept.append(m)
+            conts.append([q[len(prompt) + m :] for q in group])
+            scored.append(counts)
+        if not use:
+            return total, rest
+        longest = max(len(t) for row in conts for t in row)
+        if longest + 1 > self.decoder.room_after_generate():
+            return total, list(range(n))
+        out = self.decoder.score_after_generate(kept, conts, scored).float().cpu()
+        total[use] = out[use]
+        return total, rest
+
+    def _scores_by_prefill(
+        self, rows: list[dict[str, Any]], prefixes: list[str], strings: list[str], seqs: list[list[int]],
+        lengths: list[int],
+    ):  # fmt: skip
+        """Summed log-likelihoods (n, c) of the answer strings: the prompt + prefix prefilled once per row."""
+        import torch
+
+        tok = self.processor.tokenizer
+        n, c = len(rows), len(strings)
         commons, conts, scored = [], [], []
         for r in range(n):
             group, counts = seqs[r * c : (r + 1) * c], lengths[r * c : (r + 1) * c]
@@ -558,8 +654,7 @@ class Judge:
         inputs = {k: v for k, v in base.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
         inputs["input_ids"], inputs["attention_mask"] = input_ids.to(self.device), mask.to(self.device)
         inputs["mm_token_type_ids"] = mm_token_types(tok, input_ids).to(self.device)
-        total = self.decoder.score(inputs, conts, scored).float()
-        return _verdict_probs(total, verdicts).cpu().numpy()
+        return self.decoder.score(inputs, conts, scored).float().cpu()
 
     def judge(self, items: list[Item], *, margin: str = "prob", votes_k: int = 8, temperature: float = 1.0):
         """Prediction records for a batch of items (all of one task)."""
@@ -696,6 +791,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch.compile the static engine's decode step (default: on CUDA only; ~40-55 s once on the 7B; "
         "docs/PERFORMANCE.md)",
     )
+    ap.add_argument(
+        "--margin-from-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="engine static: score the margin's answer strings from the greedy generation's KV cache instead of "
+        "prefilling prompt + completion again (default: on CUDA only; docs/PERFORMANCE.md)",
+    )
     ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
     ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -804,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
             engine=a.engine,
             cache_items=a.vision_cache,
             compile=a.compile,
+            margin_from_cache=a.margin_from_cache,
             vllm=engine,
         )
         with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
@@ -813,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
                     partial, judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature)
                 )
                 bar.update(len(batch))
+        if judge.margin_from_cache:
+            log.info("margins: %s (rows scored from the generation's cache / prefilled again)", judge.margin_stats)
     partial.touch()
     write_meta(
         a.out.with_name(a.out.name + ".meta.json"),

@@ -312,3 +312,52 @@ def test_a_compiled_step_compiles_once_across_batch_and_length_changes(loaded):
         assert torch.equal(out, eager.generate(sub, new, do_sample=False, num_return_sequences=g))
     assert len(frames) == 1, f"{len(frames)} compiles"
     torch._dynamo.reset()
+
+
+def test_scoring_from_the_generation_cache_equals_a_prefill_of_the_same_context(loaded):
+    """score_after_generate (the judge's margin without a second prefill) against score() over a prompt that is
+    the same context written out: prompt + the first kept[b] generated tokens of each row."""
+    import copy
+
+    model, processor = loaded
+    # sharper attention than the random init's near-uniform one, so that a wrong rotary position shows
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(20.0)
+    enc = _batch(processor)
+    dec = StaticDecoder(model)
+    n = 12
+    with pytest.raises(RuntimeError, match="needs the state of a generate"):
+        dec.score_after_generate([0, 0, 0], [[[5]]] * 3, [[1]] * 3)
+    out = dec.generate(enc, n, do_sample=False, reserve_tokens=16)
+    assert dec.room_after_generate() >= 16
+    kept = [0, 5, n - 1]  # the prompt alone, a few new tokens, every new token in the cache
+    cont = [[[5, 6, 7], [8]], [[9, 10], [11, 12]], [[13], [14, 15, 16]]]
+    scored = [[2, 1], [1, 2], [1, 3]]
+    with pytest.raises(ValueError, match="kept count"):
+        dec.score_after_generate([0, 5, n], cont, scored)
+    with pytest.raises(ValueError, match="do not fit"):
+        dec.score_after_generate(kept, [[[5] * 40, [8]]] + cont[1:], [[1, 1]] + scored[1:])
+    got = dec.score_after_generate(kept, cont, scored)
+    with pytest.raises(RuntimeError, match="needs the state of a generate"):
+        dec.score_after_generate(kept, cont, scored)  # its buffers were written
+
+    # the same contexts, written out and prefilled
+    width = enc["input_ids"].shape[1] + max(kept)
+    ctx = {}
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        if key not in enc:
+            continue
+        src = enc[key]
+        new = torch.zeros(src.shape[0], width, dtype=src.dtype)
+        for r, k in enumerate(kept):
+            tail = out[r, :k] if key == "input_ids" else torch.full((k,), 1 if key == "attention_mask" else 0)
+            row = torch.cat([src[r], tail.to(src.dtype)])
+            new[r, width - len(row) :] = row
+        ctx[key] = new
+    ctx.update({k: v for k, v in enc.items() if k not in ctx})
+    want = StaticDecoder(model).score(ctx, cont, scored)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # and the generation itself is unchanged by the reserve
+    assert torch.equal(out, StaticDecoder(model).generate(enc, n, do_sample=False))

@@ -494,3 +494,34 @@ def test_judge_cli_engine_vllm_without_vllm_names_the_package(world, monkeypatch
     with caplog.at_level(logging.ERROR):
         assert _judge(world, "comp", "comparison", tmp_path / "x.jsonl", "--engine", "vllm") == 2
     assert "needs the vllm package" in caplog.text
+
+
+def test_margins_scored_from_the_generation_cache_equal_the_prefilled_ones(world) -> None:
+    """--margin-from-cache (the CUDA default): the answer strings are teacher-forced after the greedy generation's
+    own cache instead of a second prefill of prompt + completion; same margins as the per-pair transformers path."""
+    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.models.load import load_model_and_processor
+
+    model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
+    loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
+    rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
+    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))
+    kw = {"style": "short", "max_new_tokens": 12}
+    hf = J.Judge(model, proc, loader, **kw)
+    fast = J.Judge(model, proc, loader, engine="static", cache_items=8, margin_from_cache=True, **kw)
+    assert not J.Judge(model, proc, loader, engine="static", **kw).margin_from_cache, "CUDA only by default"
+    want = hf.judge(items)
+    have = fast.judge(items)
+    assert fast.margin_stats["from_cache"] > 0, fast.margin_stats
+    assert fast.margin_stats["from_cache"] + fast.margin_stats["prefilled"] == len(items)
+    assert [r["completion"] for r in have] == [r["completion"] for r in want]
+    for r, w in zip(have, want, strict=True):
+        assert r["p"] == pytest.approx(w["p"], abs=1e-5)
+    # rows the cache cannot serve (completions re-tokenised too differently) are prefilled again, same numbers
+    fast.max_refeed = -100
+    again = fast.judge(items)
+    assert fast.margin_stats["prefilled"] >= len(items)
+    for r, w in zip(again, want, strict=True):
+        assert r["p"] == pytest.approx(w["p"], abs=1e-5)
+    with pytest.raises(ValueError, match="margin_from_cache needs engine 'static'"):
+        J.Judge(model, proc, loader, margin_from_cache=True)
