@@ -343,14 +343,16 @@ def bench_caches(wildcards):
 
 
 def judge_engine_args(j):
-    """--engine / --[no-]compile / --vllm-args of the judge jobs; empty for the defaults (static engine, compiled on
-    CUDA only), so the shell command, and with it Snakemake's params check, is unchanged for configs that do not
+    """--engine / --[no-]compile / --[no-]margin-from-cache / --vllm-args of the judge jobs; empty for the defaults
+    (static engine, compiled and margins from the generation's cache on CUDA only), so the shell command, and with it Snakemake's params check, is unchanged for configs that do not
     set them."""
     args = []
     if j.get("engine", "static") != "static":
         args.append(f"--engine {j['engine']}")
     if j.get("compile") is not None:
         args.append("--compile" if j["compile"] else "--no-compile")
+    if j.get("margin_from_cache") is not None:
+        args.append("--margin-from-cache" if j["margin_from_cache"] else "--no-margin-from-cache")
     if j.get("vllm_args"):
         args.append(f"--vllm-args {shlex.quote(json.dumps(j['vllm_args'], sort_keys=True))}")
     return "".join(f" {a}" for a in args)

@@ -90,19 +90,23 @@ def test_videodpo_pairs_give_table6_a_videodpo_row(tmp_path):
 
 
 def test_judge_engine_settings_reach_every_judge_job_and_defaults_add_nothing(tmp_path):
-    """eval.judge.engine / compile / vllm_args become the judge CLI's flags in the eval and stage-3 judge jobs; the
-    defaults add no flag, so existing results keep their shell commands (no params-triggered reruns)."""
+    """eval.judge.engine / compile / margin_from_cache / vllm_args become the judge CLI's flags in the eval and
+    stage-3 judge jobs; the defaults add no flag, so existing results keep their shell commands (no params-triggered
+    reruns)."""
     cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    cfg["eval"]["judge"] |= {"engine": "vllm", "vllm_args": {"tensor_parallel_size": 2}, "compile": False}
+    cfg["eval"]["judge"] |= {
+        "engine": "vllm", "vllm_args": {"tensor_parallel_size": 2}, "compile": False, "margin_from_cache": False,
+    }  # fmt: skip
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = smk("-n", "-p", "--configfile", str(path), cwd=tmp_path).stdout
     judge_cmds = [line for line in out.splitlines() if "python -m vqinsight.judge " in line]
-    want = "--engine vllm --no-compile --vllm-args '{\"tensor_parallel_size\": 2}'"
+    want = "--engine vllm --no-compile --no-margin-from-cache --vllm-args '{\"tensor_parallel_size\": 2}'"
     assert judge_cmds and all(want in c for c in judge_cmds)
     assert "--split all" in " ".join(judge_cmds), "the stage-3 pair judging gets them too"
     default = smk("-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), cwd=tmp_path).stdout
     assert "python -m vqinsight.judge " in default and "--engine" not in default and "--compile" not in default
+    assert "margin-from-cache" not in default
     cfg["eval"]["judge"] |= {"engine": "tensorrt"}
     path.write_text(yaml.safe_dump(cfg))
     bad = smk("-n", "--configfile", str(path), cwd=tmp_path, check=False)
