@@ -344,8 +344,8 @@ def bench_caches(wildcards):
 
 def judge_engine_args(j):
     """--engine / --[no-]compile / --[no-]margin-from-cache / --vllm-args of the judge jobs; empty for the defaults
-    (static engine, compiled and margins from the generation's cache on CUDA only), so the shell command, and with it Snakemake's params check, is unchanged for configs that do not
-    set them."""
+    (static engine; compiled, and margins from the generation's cache, on CUDA only), so the shell command, and with
+    it Snakemake's params check, is unchanged for configs that do not set them."""
     args = []
     if j.get("engine", "static") != "static":
         args.append(f"--engine {j['engine']}")

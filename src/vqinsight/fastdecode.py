@@ -101,6 +101,17 @@ class _State:
     graph: Any = None
 
 
+def _check_continuations(continuations: list[list[list[int]]], scored: list[list[int]]) -> int:
+    """Refuse uneven continuation counts or scored counts outside 1..len; return the longest continuation."""
+    if len({len(c) for c in continuations}) != 1:
+        raise ValueError("every row needs the same number of continuations")
+    for row, counts in zip(continuations, scored, strict=True):
+        for toks, k in zip(row, counts, strict=True):
+            if not 1 <= k <= len(toks):
+                raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
+    return max(len(t) for row in continuations for t in row)
+
+
 class StaticDecoder:
     """Static-cache, CUDA-graph decoding for a Qwen2.5-VL (or Qwen2-VL) conditional-generation model."""
 
@@ -505,18 +516,10 @@ class StaticDecoder:
         if len(kept) != b or len(continuations) != b or len(scored) != b:
             raise ValueError(f"{len(kept)} kept counts / {len(continuations)} continuation lists / {len(scored)} "
                              f"scored lists for the {b} rows of the last generate()")  # fmt: skip
-        n_cont = {len(c) for c in continuations}
-        if len(n_cont) != 1:
-            raise ValueError("every row needs the same number of continuations")
-        c = n_cont.pop()
         for k in kept:
             if not 0 <= k <= end - length:
                 raise ValueError(f"kept count {k} is outside 0..{end - length} (new tokens in the cache)")
-        for row, counts in zip(continuations, scored, strict=True):
-            for toks, k in zip(row, counts, strict=True):
-                if not 1 <= k <= len(toks):
-                    raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
-        longest = max(len(t) for row in continuations for t in row)
+        longest = _check_continuations(continuations, scored)
         if longest + 1 > self.room_after_generate():
             raise ValueError(f"{longest + 1} tokens do not fit the {self.room_after_generate()} free cache slots")
         kept_t = torch.tensor(list(kept), dtype=torch.long, device=self.device)
@@ -526,20 +529,42 @@ class StaticDecoder:
         base = g["mask"] & ~((cols >= first) & (cols < end))
         pos0 = g["start"] + kept_t - 1
         self._last_generation = None  # the buffers are written below; a second call would see them changed
+        return self._teacher_force(s, continuations, scored, base, pos0, end, lead=refed)
+
+    def _teacher_force(
+        self,
+        s: _State,
+        continuations: list[list[list[int]]],
+        scored: list[list[int]],
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        widx: int,
+        *,
+        lead: torch.Tensor | None = None,
+        logp0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Summed log-probabilities (B, C): each continuation fed token by token from the cache state ``mask`` /
+        ``pos`` / ``widx`` (restored for every c). ``logp0`` (B, V) scores a continuation's first token; with
+        ``lead`` (B,) instead, that token is fed first as context and its output scores the first token."""
+        b, c = len(continuations), len(continuations[0])
+        shift = 0 if lead is None else 1
         totals = torch.zeros(b, c, dtype=torch.float32, device=self.device)
         for j in range(c):
             seqs = [row[j] for row in continuations]
-            n = max(len(t) for t in seqs) + 1
+            n = max(len(t) for t in seqs) + shift
             tok = torch.zeros(b, n, dtype=torch.long)
             weight = torch.zeros(b, n, dtype=torch.float32)
             for r, t in enumerate(seqs):
-                tok[r, 1 : 1 + len(t)] = torch.tensor(t)
-                weight[r, 1 + len(t) - scored[r][j] : 1 + len(t)] = 1.0
+                tok[r, shift : shift + len(t)] = torch.tensor(t)
+                weight[r, shift + len(t) - scored[r][j] : shift + len(t)] = 1.0
             tok, weight = tok.to(self.device), weight.to(self.device)
-            tok[:, 0] = refed
-            s.mask.copy_(base)
-            s.pos.copy_(pos0)
-            s.widx.fill_(end)
+            if lead is not None:
+                tok[:, 0] = lead
+            s.mask.copy_(mask)
+            s.pos.copy_(pos)
+            s.widx.fill_(widx)
+            if logp0 is not None:
+                totals[:, j] += weight[:, 0] * logp0.gather(1, tok[:, :1])[:, 0]
             for t in range(n - 1):
                 s.tok.copy_(tok[:, t])
                 s.mask.index_fill_(1, s.widx, True)
@@ -568,15 +593,7 @@ class StaticDecoder:
         b, length = ids.shape
         if len(continuations) != b or len(scored) != b:
             raise ValueError(f"{len(continuations)} continuation lists / {len(scored)} counts for {b} prompts")
-        n_cont = {len(c) for c in continuations}
-        if len(n_cont) != 1:
-            raise ValueError("every prompt needs the same number of continuations")
-        c = n_cont.pop()
-        for row, counts in zip(continuations, scored, strict=True):
-            for toks, k in zip(row, counts, strict=True):
-                if not 1 <= k <= len(toks):
-                    raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
-        longest = max(len(t) for row in continuations for t in row)
+        longest = _check_continuations(continuations, scored)
         self._last_generation = None  # _state() below may hand out the generation's buffers
         logits0, cache, deltas = self.prefill(enc)
         s = self._state(b, self._bucket(length + longest), 1)
@@ -584,33 +601,11 @@ class StaticDecoder:
             s.k[i][:, :, :length].copy_(layer_cache.keys)
             s.v[i][:, :, :length].copy_(layer_cache.values)
         del cache
-        logp0 = torch.log_softmax(logits0, dim=-1)
+        mask = torch.zeros_like(s.mask)
+        mask[:, :length] = am.bool()
         start_pos = am.sum(dim=1) + deltas[:, 0].to(torch.long)
-        totals = torch.zeros(b, c, dtype=torch.float32, device=self.device)
-        for j in range(c):
-            seqs = [row[j] for row in continuations]
-            n = max(len(t) for t in seqs)
-            tok = torch.zeros(b, n, dtype=torch.long)
-            weight = torch.zeros(b, n, dtype=torch.float32)
-            for r, t in enumerate(seqs):
-                tok[r, : len(t)] = torch.tensor(t)
-                weight[r, len(t) - scored[r][j] : len(t)] = 1.0
-            tok, weight = tok.to(self.device), weight.to(self.device)
-            s.mask.zero_()
-            s.mask[:, :length] = am.bool()
-            s.pos.copy_(start_pos)
-            s.widx.fill_(length)
-            logp = logp0
-            for t in range(n):
-                totals[:, j] += weight[:, t] * logp.gather(1, tok[:, t : t + 1])[:, 0]
-                if t == n - 1:
-                    break
-                s.tok.copy_(tok[:, t])
-                s.mask.index_fill_(1, s.widx, True)
-                logp = torch.log_softmax(self._forward_fn(s), dim=-1)
-                s.pos += 1
-                s.widx += 1
-        return totals
+        logp0 = torch.log_softmax(logits0, dim=-1)
+        return self._teacher_force(s, continuations, scored, mask, start_pos, length, logp0=logp0)
 
     def _clock(self) -> float:
         import time

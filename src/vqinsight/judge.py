@@ -543,7 +543,6 @@ class Judge:
         The token sequences are the per-string path's (each text tokenised whole); the rows' strings share the
         longest common token prefix, which is prefilled once, and each string's remaining tokens are teacher-forced
         from the cache. Scored tokens are the same as in ``candidate_probs``."""
-        import torch
 
         tok = self.processor.tokenizer
         strings = [s for group in verdicts.values() for s in group]
@@ -553,24 +552,21 @@ class Judge:
         ids, am = full["input_ids"].cpu(), full["attention_mask"].cpu().bool()
         seqs = [ids[i][am[i]].tolist() for i in range(n * c)]
         lengths = answer_token_counts(tok, tails, strings * n)
-        if self.margin_from_cache:
-            total, rest = self._scores_from_generation(rows, seqs, lengths, c)
-            self.margin_stats["from_cache"] += n - len(rest)
-            self.margin_stats["prefilled"] += len(rest)
-            if rest:
-                total[rest] = torch.as_tensor(
-                    self._scores_by_prefill(
-                        [rows[i] for i in rest],
-                        [prefixes[i] for i in rest],
-                        strings,
-                        [seqs[i * c + j] for i in rest for j in range(c)],
-                        [lengths[i * c + j] for i in rest for j in range(c)],
-                    ),  # fmt: skip
-                    dtype=total.dtype,
-                )
-            return _verdict_probs(total, verdicts).cpu().numpy()
-        total = self._scores_by_prefill(rows, prefixes, strings, seqs, lengths)
-        return _verdict_probs(total.float(), verdicts).cpu().numpy()
+        if not self.margin_from_cache:
+            total = self._scores_by_prefill(rows, prefixes, strings, seqs, lengths)
+            return _verdict_probs(total, verdicts).numpy()
+        total, rest = self._scores_from_generation(rows, seqs, lengths, c)
+        self.margin_stats["from_cache"] += n - len(rest)
+        self.margin_stats["prefilled"] += len(rest)
+        if rest:
+            total[rest] = self._scores_by_prefill(
+                [rows[i] for i in rest],
+                [prefixes[i] for i in rest],
+                strings,
+                [seqs[i * c + j] for i in rest for j in range(c)],
+                [lengths[i * c + j] for i in rest for j in range(c)],
+            )
+        return _verdict_probs(total, verdicts).numpy()
 
     def _scores_from_generation(self, rows: list[dict[str, Any]], seqs: list[list[int]], lengths: list[int], c: int):
         """(total (n, c) float32 on the CPU, indices of the rows left to ``_scores_by_prefill``).
@@ -625,7 +621,8 @@ class Judge:
         self, rows: list[dict[str, Any]], prefixes: list[str], strings: list[str], seqs: list[list[int]],
         lengths: list[int],
     ):  # fmt: skip
-        """Summed log-likelihoods (n, c) of the answer strings: the prompt + prefix prefilled once per row."""
+        """Summed log-likelihoods (n, c), float32 on the CPU, of the answer strings: the prompt + prefix prefilled
+        once per row."""
         import torch
 
         tok = self.processor.tokenizer

@@ -837,22 +837,29 @@ def test_uniform_copies_needs_equal_tokens_padding_and_media_keys_in_runs_of_one
     assert uniform_copies(ids[:3], mask[:3], vid[:3]) == 1  # runs of 2 and 1
 
 
-def test_gradient_checkpointing_hooks_do_not_pile_up_over_steps(tiny_dir: Path, tmp_path: Path) -> None:
-    """TRL toggles checkpointing around each generation; every toggle used to add one more input-grad hook on the
-    embeddings (run by every forward, and a torch.compile guard failure per rollout call)."""
-    from transformers import TrainerCallback
-
-    trainer = make_trainer(
+def toggling_trainer(tiny_dir: Path, tmp_path: Path, steps: int, **kw: Any) -> VideoGRPOTrainer:
+    """Checkpointing on, static rollouts with the temporal reward: TRL switches checkpointing off and on around
+    every generation call (two per step)."""
+    return make_trainer(
         tiny_dir,
         tmp_path,
         [0, 1],
         per_device_train_batch_size=2,
         num_generations=2,
-        max_steps=3,
+        max_steps=steps,
         gradient_checkpointing=True,
         temporal=True,
         rollout_engine="static",
+        **kw,
     )
+
+
+def test_gradient_checkpointing_hooks_do_not_pile_up_over_steps(tiny_dir: Path, tmp_path: Path) -> None:
+    """TRL toggles checkpointing around each generation; every toggle used to add one more input-grad hook on the
+    embeddings (run by every forward, and a torch.compile guard failure per rollout call)."""
+    from transformers import TrainerCallback
+
+    trainer = toggling_trainer(tiny_dir, tmp_path, steps=3)
     embed = trainer.accelerator.unwrap_model(trainer.model).get_input_embeddings()
     counts: list[int] = []
 
@@ -879,18 +886,7 @@ def test_checkpoint_layers_recompute_only_the_first_layers_across_trl_toggles(ti
     checkpointed, and the limit survives TRL switching checkpointing off and on around each generation call."""
     from transformers import TrainerCallback
 
-    trainer = make_trainer(
-        tiny_dir,
-        tmp_path,
-        [0, 1],
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_steps=2,
-        gradient_checkpointing=True,
-        temporal=True,
-        rollout_engine="static",
-        checkpoint_layers=1,
-    )
+    trainer = toggling_trainer(tiny_dir, tmp_path, steps=2, checkpoint_layers=1)
     flags: list[tuple[list[bool], list[bool]]] = []
 
     class Flags(TrainerCallback):

@@ -620,7 +620,6 @@ class VideoGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         super().__init__(*args, **kwargs)
         _stop_input_grad_hook_leak(self.model)
-        self.checkpoint_layers = checkpoint_layers
         if checkpoint_layers is not None:
             if not self.args.gradient_checkpointing:
                 raise ValueError(
