@@ -423,7 +423,7 @@ def test_media_readers_give_a_result_or_a_media_error_naming_the_file(name, call
 FILE_CASES = {
     "lsvq": ("LSVQ_whole_train.csv", ("name", "mos")),
     "konvid": ("KoNViD_1k_attributes.csv", ("flickr_id", "MOS")),
-    "lgvq": ("LGVQ_MOS.csv", ("video_name", "prompt", "spatial", "temporal", "alignment")),
+    "lgvq": ("LGVQ_MOS.csv", ("prompt", "spatial", "temporal", "alignment")),  # video_name or model suffices
     "vidprom": ("VidProM_unique.csv", ("uuid", "prompt")),
 }
 
@@ -441,11 +441,21 @@ def test_missing_column_names_the_file_and_the_column(key, column, generated, tm
     assert rel in str(e.value) and repr(column) in str(e.value)
 
 
+def test_lgvq_without_any_video_name_column_names_the_alternatives(generated, tmp_path):
+    raw = shutil.copytree(generated["lgvq"], tmp_path / "lgvq")
+    header, rows = _read_csv(raw / "LGVQ_MOS.csv")
+    drop = {"video_name", "model"}
+    _write_csv(
+        raw / "LGVQ_MOS.csv",
+        [h for h in header if h not in drop],
+        [{k: v for k, v in r.items() if k not in drop} for r in rows],
+    )
+    with pytest.raises(ParseError, match=r"LGVQ_MOS.csv: missing column\(s\) \['video_name' or 'name' or 'model'"):
+        PARSERS["lgvq"](raw, SCALE)
+
+
 PARQUET_CASES = {
-    "monetbench": (
-        "monetbench/test-*.parquet",
-        ("internal_id", "prompt", "standard_answer", "video1_path", "video2_path"),
-    ),
+    "monetbench": ("monetbench/test-*.parquet", ("standard_answer", "video1_path", "video2_path")),
     "genaibench": ("video_generation/test_v1-*.parquet", ("prompt", "left_video", "right_video", "vote_type")),
     "visionreward": ("train/train-*.parquet", ("internal_id", "video_path", "prompt", "meta_result", "meta_mask")),
 }

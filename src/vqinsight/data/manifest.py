@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from ..provenance import atomic_write_bytes, atomic_write_text, write_meta
-from .parsers import DIMENSIONS, PARSERS, ParseError
+from .parsers import DIMENSIONS, ParseError, parse
 from .registry import get as get_dataset
 
 log = logging.getLogger("vqinsight.manifest")
@@ -173,10 +174,12 @@ def build(
     reader: str = "decord",
     workers: int = 1,
     check: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> tuple[pl.DataFrame, list[dict[str, Any]], dict[str, int]]:
-    """Parse, check media, and return (manifest, quarantine entries, skipped counts)."""
+    """Parse (with the dataset's parse `options`), check media, and return (manifest, quarantine entries, skipped
+    counts)."""
     get_dataset(dataset)
-    parsed = PARSERS[dataset](raw_dir, scale)
+    parsed = parse(dataset, raw_dir, scale, options)
     quarantine = [
         {"sample_id": b.sample_id, "annotation_file": b.file, "row": b.row, "media_file": None, "reason": b.reason}
         for b in parsed.bad
@@ -226,14 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reader", choices=("decord", "pyav"), default="decord")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-media-check", action="store_true")
+    ap.add_argument("--options", default="{}", help="JSON object: parse options (config datasets.<key>.parse)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scale = (a.scale[0], a.scale[1])
     if not (math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[0] < scale[1]):
         ap.error(f"--scale must be increasing finite numbers, got {scale}")
     try:
-        df, quarantine, skipped = build(a.dataset, a.raw_dir, scale, a.reader, a.workers, not a.no_media_check)
-    except (ParseError, KeyError) as e:
+        options = json.loads(a.options)
+        if not isinstance(options, dict):
+            raise ValueError(f"--options must be a JSON object, got {a.options!r}")
+        df, quarantine, skipped = build(
+            a.dataset, a.raw_dir, scale, a.reader, a.workers, not a.no_media_check, options
+        )
+    except (ParseError, KeyError, ValueError) as e:
         log.error("%s", e)
         return 2
     atomic_write_text(a.quarantine, quarantine_csv(quarantine))
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "on_bad_input": a.on_bad_input,
         "reader": a.reader,
         "media_check": not a.no_media_check,
+        "options": options,
     }
     write_meta(
         a.meta or a.out.with_suffix(".meta.json"),
