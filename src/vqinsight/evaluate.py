@@ -15,8 +15,10 @@ Metrics (src/vqinsight/metrics.py has the definitions):
 - yes/no questions: accuracy.
 
 Unparsable answers are counted (``unparsed``) and take the scale midpoint (scores) or no preference (margin 0),
-so a judge that fails to answer is penalised rather than silently evaluated on its easy cases. A metric that is
-undefined (constant predictions) is written as null.
+so a judge that fails to answer is penalised rather than silently evaluated on its easy cases. A score off the
+``--scale`` (e.g. ``3333333`` or ``6.0`` on 1-5; any dimension of a multi-dimension score) is unparsed too, so one
+absurd answer cannot dominate PLCC; ``--pred-scale raw`` (a baseline's own metric scale) skips that check. A metric
+that is undefined (constant predictions) is written as null.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 
 from . import metrics
 from .judge import load_predictions
-from .parsing import is_well_formed
+from .parsing import is_well_formed, on_scale
 from .provenance import atomic_write_json, atomic_write_text, write_meta
 
 log = logging.getLogger("vqinsight.evaluate")
@@ -119,13 +121,31 @@ def _corr(pred: list[float], gt: list[float]) -> dict[str, float | None]:
     }
 
 
+def on_scale_pred(pred: Any, task: str, scale: tuple[float, float] | None) -> Any:
+    """A record's prediction, or None (unparsed) when a score (any dimension of a multi-dimension score) lies off
+    ``scale``; ``scale=None`` keeps every prediction (a baseline's own metric scale)."""
+    if pred is None or scale is None or task not in ("image_score", "video_score", "multidim_score"):
+        return pred
+    values = pred.values() if isinstance(pred, dict) else [pred]
+    return pred if all(on_scale(float(v), scale) is not None for v in values) else None
+
+
 def compute(
-    records: list[dict[str, Any]], task: str, scale: tuple[float, float], margin: str = "prob"
+    records: list[dict[str, Any]],
+    task: str,
+    scale: tuple[float, float],
+    margin: str = "prob",
+    pred_scale: str = "mos",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """(task metrics, per-item points for the figures, counts {n, unparsed, format_rate})."""
+    """(task metrics, per-item points for the figures, counts {n, unparsed, format_rate}).
+
+    With ``pred_scale="mos"`` a score prediction off ``scale`` counts as unparsed, as the judge parses it.
+    """
     if not records:
         raise ValueError("no predictions")
     mid = (scale[0] + scale[1]) / 2
+    check = scale if pred_scale == "mos" else None
+    records = [{**r, "pred": on_scale_pred(r.get("pred"), task, check)} for r in records]
     comps = [r.get("completion") for r in records]
     fmt = float(np.mean([is_well_formed(c) for c in comps])) if all(c is not None for c in comps) else None
     unparsed = sum(r.get("pred") is None for r in records)
@@ -216,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         records = load_predictions(a.predictions)
-        res, points, counts = compute(records, a.task, (a.scale[0], a.scale[1]), a.margin)
+        res, points, counts = compute(records, a.task, (a.scale[0], a.scale[1]), a.margin, a.pred_scale)
     except (ValueError, KeyError, TypeError) as e:
         log.error("%s: %s", a.predictions, e)
         return 2

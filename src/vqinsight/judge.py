@@ -195,7 +195,8 @@ def _rescale(x: float | None, src: tuple[float, float], dst: tuple[float, float]
 
 
 def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, float]) -> tuple[str | None, Any]:
-    """(answer text, parsed prediction) of one completion; the prediction is None when unparsable."""
+    """(answer text, parsed prediction) of one completion; the prediction is None when unparsable, including a score
+    off the scale its prompt asked for (``parsing.parse_score``)."""
     answer = extract_answer(completion_text(completion))
     if task in ("image_score", "video_score"):
         s = answer
@@ -204,12 +205,13 @@ def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, f
                 s = str(json.loads(answer).get("rating")) if answer.strip().startswith("{") else answer
             except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested JSON
                 s = answer
-        pred = parse_score(s)
+        # A number off the scale the prompt asked for is unparsed (the release's own 0-100, else the run's scale).
+        pred = parse_score(s, RELEASE_SCALE if fmt == "release" else scale)
         if pred is not None and fmt == "release":
             pred = _rescale(pred, RELEASE_SCALE, scale)
         return answer, pred
     if task == "multidim_score":
-        dims = parse_dimensions(answer)
+        dims = parse_dimensions(answer, RELEASE_SCALE if fmt == "release" else scale)
         if dims is not None and fmt == "release":
             dims = {k: _rescale(v, RELEASE_SCALE, scale) for k, v in dims.items()}
         return answer, dims

@@ -133,17 +133,26 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) and abs(value) <= MAX_ABS_VALUE else None
 
 
-def parse_score(answer: Any) -> float | None:
+def on_scale(value: float | None, scale: tuple[float, float] | None) -> float | None:
+    """``value`` when it lies on ``scale`` (``[lo, hi]``, inclusive) or no scale is given, else None."""
+    if value is None or scale is None:
+        return value
+    return value if scale[0] <= value <= scale[1] else None
+
+
+def parse_score(answer: Any, scale: tuple[float, float] | None = None) -> float | None:
     """First number in ``answer`` ("3.5", "Score: 3.50", '{"rating": 4.2}', "1e2").
 
     Only ASCII digits count. If that first number is not finite or exceeds ``MAX_ABS_VALUE`` in magnitude, the answer
     is rejected (None) rather than searched further: a garbage leading number makes the whole answer untrustworthy.
+    With ``scale`` (the task's ``(lo, hi)``), a number off the scale ("3333333" or "6.0" on 1-5) is rejected too: an
+    answer the task cannot mean is unparsed, never a point that dominates a correlation or earns clipped credit.
     """
     match = _NUMBER.search(_as_str(answer))
     if match is None:
         return None
     try:
-        return _finite(float(match.group()))
+        return on_scale(_finite(float(match.group())), scale)
     except (ValueError, OverflowError):
         return None
 
@@ -215,18 +224,21 @@ def _dims_positional(s: str) -> dict[str, float]:
     return {d: v for d, v in zip(DIMENSIONS, values, strict=True) if v is not None}
 
 
-def parse_dimensions(answer: Any) -> dict[str, float] | None:
+def parse_dimensions(answer: Any, scale: tuple[float, float] | None = None) -> dict[str, float] | None:
     """``{"spatial", "temporal", "alignment"}`` scores from a JSON object or loose ``key: value`` text.
 
     Keys are case-insensitive, "consistency" is an alias of "alignment" (official release) and a "_quality"/"_score"
     suffix is tolerated. An answer that is exactly three numbers ("3 4.5 2") is read positionally as spatial,
     temporal, alignment: the compact form of the short prompt style, which a byte-level tiny model can emit within a
-    few tokens. Returns None unless all three dimensions are present and finite.
+    few tokens. Returns None unless all three dimensions are present and finite, and, with ``scale`` (the task's
+    ``(lo, hi)``), all three on it: one dimension off the scale makes the whole answer unparsed (see ``parse_score``).
     """
     s = _as_str(answer)
     for parser in (_dims_from_json, _dims_from_text, _dims_positional):
         dims = parser(s)
         if all(d in dims for d in DIMENSIONS):
+            if any(on_scale(dims[d], scale) is None for d in DIMENSIONS):
+                return None
             return {d: dims[d] for d in DIMENSIONS}
     return None
 

@@ -98,26 +98,38 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
 
 
+def _own_scale(variant: str, score_min: float, score_max: float) -> tuple[float, float] | None:
+    """The scale a prediction must lie on to count as parsed: the task's for the project's own variants, none for the
+    official code's ``relative`` (which scores any number)."""
+    return None if variant == "relative" else (score_min, score_max)
+
+
 def score_similarity(pred: float, gt: float, score_min: float, score_max: float, variant: str = "l1") -> float:
-    """Similarity in [0, 1] between a predicted and a ground-truth score (prediction clipped to the scale first).
+    """Similarity in [0, 1] between a predicted and a ground-truth score.
 
     * ``l1`` (default, Eq. 3 as printed in the paper): ``max(0, 1 - |p - g|)`` on the task scale. On the paper's 1-5
       scale an error >= 1 point earns 0, which is what the paper's formula gives; the reference learning-feasibility
       run used exactly ``max(0, 1 - |s - mos|)``.
     * ``l1_span``: ``1 - |p - g| / (score_max - score_min)``, normalised by the scale span so partial credit extends
       over the whole scale (on a 1-5 scale a 1-point error costs 0.25).
-    * ``relative`` (official code): ``1 - min(1, |p - g| / |g|)``.
+    * ``relative`` (official code): ``1 - min(1, (|p - g| + 1e-9) / (|g| + 1e-9))``, the prediction taken as it is.
     * ``threshold`` (Q-Insight): ``1`` if ``|p - g| < 0.35`` else ``0``.
+
+    The project's own variants (all but ``relative``) give a prediction off ``[score_min, score_max]`` 0.0, the value
+    of an unparsed answer (``parsing.parse_score`` with a scale rejects it the same way); ``relative`` keeps the
+    official code's behaviour and scores it unclipped (gt 4.5, prediction 6.0: 0.667).
     """
     _check_variant(variant)
-    p = min(max(pred, score_min), score_max)
-    err = abs(p - gt)
+    if variant == "relative":
+        r = 1.0 - min(1.0, max(0.0, (abs(pred - gt) + _EPS) / (abs(gt) + _EPS)))
+        return min(1.0, max(0.0, r)) if math.isfinite(r) else 0.0
+    if not score_min <= pred <= score_max:
+        return 0.0
+    err = abs(pred - gt)
     if variant == "l1":
         r = 1.0 - err
     elif variant == "l1_span":
         r = 1.0 - err / (score_max - score_min)
-    elif variant == "relative":
-        r = 1.0 - min(1.0, err / (abs(gt) + _EPS))
     else:  # "threshold"
         r = 1.0 if err < THRESHOLD else 0.0
     return min(1.0, max(0.0, r)) if math.isfinite(r) else 0.0
@@ -175,7 +187,7 @@ def score_reward(
     out: list[float | None] = []
     for completion, raw_gt in zip(completions, gts, strict=True):
         gt = _gt_number(raw_gt)
-        pred = parse_score(_answer(completion)) if gt is not None else None
+        pred = parse_score(_answer(completion), _own_scale(variant, score_min, score_max)) if gt is not None else None
         if gt is None:
             out.append(None)
         else:
@@ -204,7 +216,7 @@ def multi_dim_reward(
         if gt is None:
             out.append(None)
             continue
-        pred = parse_dimensions(_answer(completion))
+        pred = parse_dimensions(_answer(completion), _own_scale(variant, score_min, score_max))
         if pred is None:
             out.append(0.0)
             continue
@@ -284,15 +296,17 @@ def temporal_bonus(
     return [float(alpha) if gate and ok else 0.0 for ok in ordered]
 
 
-def _row_correct(completion: Any, task: Any, i: int, columns: Mapping[str, Any], tol: float) -> bool:
+def _row_correct(
+    completion: Any, task: Any, i: int, columns: Mapping[str, Any], tol: float, scale: tuple[float, float] | None
+) -> bool:
     """Correctness of one completion for its task (see ``is_correct``)."""
     answer = _answer(completion)
     tol += _EPS  # so that 3.6 vs 3.0 counts as within a 0.6 tolerance despite float rounding
     if task in SCORE_TASKS:
-        gt, pred = _gt_number(columns["gt_score"][i]), parse_score(answer)
+        gt, pred = _gt_number(columns["gt_score"][i]), parse_score(answer, scale)
         return gt is not None and pred is not None and abs(pred - gt) <= tol
     if task == "multidim_score":
-        gts, preds = _gt_dims(columns["gt_scores"][i]), parse_dimensions(answer)
+        gts, preds = _gt_dims(columns["gt_scores"][i]), parse_dimensions(answer, scale)
         return gts is not None and preds is not None and all(abs(preds[d] - gts[d]) <= tol for d in DIMENSIONS)
     if task in CHOICE_TASKS:
         gt, pred = columns["gt_choice"][i], parse_choice(answer)
@@ -301,19 +315,25 @@ def _row_correct(completion: Any, task: Any, i: int, columns: Mapping[str, Any],
 
 
 def is_correct(
-    completions: Sequence[Any], task: str | Sequence[str], score_tolerance: float = 0.5, **columns: Any
+    completions: Sequence[Any],
+    task: str | Sequence[str],
+    score_tolerance: float = 0.5,
+    scale: tuple[float, float] | None = None,
+    **columns: Any,
 ) -> list[bool]:
     """Per-completion correctness used by the temporal gate (Eq. 4) and the length reward (Eq. 5).
 
     Score tasks: ``|pred - gt| <= score_tolerance`` (scale units); ``multidim_score``: every dimension within the
     tolerance; ``comparison`` / ``vqa``: the parsed choice equals ``gt_choice``. ``task`` is one string or one per
-    row (mixed batches). Missing ground truth or an unknown task counts as incorrect.
+    row (mixed batches). Missing ground truth or an unknown task counts as incorrect, and so does, with ``scale``, a
+    score off the task's scale (unparsed, as in ``score_reward``).
     """
     n = len(completions)
     tasks = _column(task, n, "task")
     cols = {k: _column(columns.get(k), n, k) for k in ("gt_score", "gt_scores", "gt_choice")}
     return [
-        _row_correct(c, t, i, cols, score_tolerance) for i, (c, t) in enumerate(zip(completions, tasks, strict=True))
+        _row_correct(c, t, i, cols, score_tolerance, scale)
+        for i, (c, t) in enumerate(zip(completions, tasks, strict=True))
     ]
 
 

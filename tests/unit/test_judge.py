@@ -62,6 +62,14 @@ def test_expand_judges_comparisons_in_both_orders() -> None:
         ("vqa", "<think>a</think><answer>no</answer>", "vqinsight", "no"),
         ("comparison", "<think>a</think><answer>Video 2 is better</answer>", "unifiedreward_think", "B"),
         ("comparison", "<think>a</think><answer>video 1 is better.</answer>", "unifiedreward_think", "A"),
+        # a score off the scale the prompt asked for is unparsed (never a point that dominates PLCC)
+        ("video_score", "<think>a</think><answer>3333333</answer>", "vqinsight", None),
+        ("video_score", "<think>a</think><answer>6.0</answer>", "vqinsight", None),
+        ("video_score", "<think>a</think><answer>5</answer>", "vqinsight", 5.0),
+        ("video_score", "<think>a</think><answer>100</answer>", "release", 5.0),  # on the release's 0-100
+        ("video_score", "<think>a</think><answer>101</answer>", "release", None),
+        ("image_score", '<think>a</think><answer>{"rating": 7}</answer>', "q_insight", None),
+        ("multidim_score", '<answer>{"spatial": 3, "temporal": 4, "alignment": 9}</answer>', "vqinsight", None),
     ],
 )
 def test_parse_prediction(task: str, completion: str, fmt: str, expected) -> None:
@@ -144,6 +152,23 @@ def test_score_metrics_count_unparsed_as_midpoint() -> None:
     const = [{"sample_id": str(i), "pred": 3.0, "gt": g, "completion": None} for i, g in enumerate(gt)]
     res, _, counts = compute(const, "video_score", (1, 5))
     assert res["srcc"] is None and counts["format_rate"] is None
+
+
+def test_score_metrics_count_off_scale_as_unparsed() -> None:
+    # a prediction file written before the judge checked the scale (or by hand): 3333333 on a 1-5 scale would carry
+    # PLCC alone; it is counted as unparsed and takes the midpoint, as an unparsable answer does
+    gt = [1.0, 2.0, 3.0, 4.0, 5.0, 2.5]
+    preds = [1.2, 2.1, 2.9, 4.2, 4.8, 3333333.0]
+    recs = [{"sample_id": str(i), "pred": p, "gt": g} for i, (p, g) in enumerate(zip(preds, gt, strict=True))]
+    res, points, counts = compute(recs, "video_score", (1, 5))
+    assert counts["unparsed"] == 1 and points[5]["pred"] == 3.0
+    assert res["plcc"] == pytest.approx(float(np.corrcoef(preds[:5] + [3.0], gt)[0, 1]))
+    raw, _, raw_counts = compute(recs, "video_score", (1, 5), pred_scale="raw")  # a metric's own scale: kept
+    assert raw_counts["unparsed"] == 0 and raw["srcc"] == pytest.approx(1.0 - 6 * 12 / (6 * 35))  # ranks kept
+    dims = [{"spatial": 3.0, "temporal": 4.0, "alignment": a} for a in (1.0, 2.0, 6.0, 4.0)]
+    recs = [{"sample_id": str(i), "pred": d, "gt": d} for i, d in enumerate(dims)]
+    _, points, counts = compute(recs, "multidim_score", (1, 5))
+    assert counts["unparsed"] == 1 and {p["pred"] for p in points if p["sample_id"] == "2"} == {3.0}
 
 
 def test_multidim_and_vqa_metrics() -> None:

@@ -302,3 +302,35 @@ def test_fuzz_conversational_matches_plain(chunks: list[str]) -> None:
 )
 def test_parse_dimensions_compact_positional_form(answer, expected):
     assert parse_dimensions(answer) == expected
+
+
+# --- the task's scale: a score off it is unparsed ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("answer", "scale", "expected"),
+    [
+        ("3333333", (1.0, 5.0), None),
+        ("6.0", (1.0, 5.0), None),
+        ("0.99", (1.0, 5.0), None),
+        ("-3", (1.0, 5.0), None),
+        ("5", (1.0, 5.0), 5.0),  # the ends are on the scale
+        ("1.0", (1.0, 5.0), 1.0),
+        ("Score: 4.2", (1.0, 5.0), 4.2),
+        ("87.5", (0.0, 100.0), 87.5),
+        ("333333", None, 333333.0),  # no scale: any finite number up to MAX_ABS_VALUE
+    ],
+)
+def test_parse_score_on_scale(answer: str, scale: tuple[float, float] | None, expected: float | None) -> None:
+    assert parse_score(answer, scale) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ('{"spatial": 3, "temporal": 4, "alignment": 5}', {"spatial": 3.0, "temporal": 4.0, "alignment": 5.0}),
+        ('{"spatial": 3, "temporal": 40, "alignment": 5}', None),  # one dimension off: the whole answer
+        ("spatial: 0.5, temporal: 4, alignment: 5", None),
+        ("3 4 6", None),
+    ],
+)
+def test_parse_dimensions_on_scale(answer: str, expected: dict[str, float] | None) -> None:
+    assert parse_dimensions(answer, (1.0, 5.0)) == expected

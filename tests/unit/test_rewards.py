@@ -72,10 +72,15 @@ SPAN = {"variant": "l1_span"}
         (ok("4"), 4.9, {}, 0.1),
         (ok("2.9"), 3.0, {"variant": "l1"}, 0.9),
         (conv(ok("Score: 3.25")), 3.0, {}, 0.75),
-        (ok("9"), 3.0, {}, 0.0),  # clipped to 5 first
-        (ok("9"), 4.5, {}, 0.5),  # clipped to 5 first (unclipped it would earn 0)
-        (ok("-100"), 2.0, {}, 0.0),  # clipped to 1 first
-        (ok("-100"), 1.5, {}, 0.5),  # clipped to 1 first
+        # off the task's scale: unparsed (0.0), never clipped into credit
+        (ok("9"), 3.0, {}, 0.0),
+        (ok("9"), 4.5, {}, 0.0),  # clipped to 5 it would earn 0.5
+        (ok("5.2"), 5.0, {}, 0.0),  # 0.8 if it counted
+        (ok("3333333"), 3.0, {}, 0.0),
+        (ok("-100"), 1.5, {}, 0.0),
+        (ok("0.9"), 1.0, {}, 0.0),
+        (ok("5"), 5.0, {}, 1.0),  # the scale's ends are on it
+        (ok("1"), 1.0, {}, 1.0),
         (ok("7"), 5.0, {"score_min": 0.0, "score_max": 10.0}, 0.0),  # no span normalisation
         (ok("5.4"), 5.0, {"score_min": 0.0, "score_max": 10.0}, 0.6),
         # "l1_span": 1 - |p - g| / (score_max - score_min)
@@ -84,13 +89,15 @@ SPAN = {"variant": "l1_span"}
         (ok("5"), 1.0, SPAN, 0.0),
         (ok("3.5"), 3.0, SPAN, 0.875),
         (conv(ok("Score: 4.00")), 3.0, SPAN, 0.75),
-        (ok("9"), 3.0, SPAN, 0.5),  # clipped to 5 first
-        (ok("-100"), 2.0, SPAN, 0.75),  # clipped to 1 first
+        (ok("9"), 3.0, SPAN, 0.0),  # off the scale: unparsed
+        (ok("-100"), 2.0, SPAN, 0.0),
         (ok("7"), 5.0, {"score_min": 0.0, "score_max": 10.0, **SPAN}, 0.8),
+        (ok("6"), 5.0, {"variant": "threshold"}, 0.0),
         (ok("four"), 3.0, SPAN, 0.0),
         (ok("4"), 3.0, {"variant": "relative"}, 1 - 1 / 3),
         (ok("1"), 3.0, {"variant": "relative"}, 1 / 3),
         (ok("5"), 1.0, {"variant": "relative"}, 0.0),  # min(1, 4/1) caps the error
+        (ok("6.0"), 4.5, {"variant": "relative"}, 1 - 1.5 / 4.5),  # official: no scale check, no clipping
         (ok("3.3"), 3.0, {"variant": "threshold"}, 1.0),
         (ok("3.4"), 3.0, {"variant": "threshold"}, 0.0),
         ("<answer>3.5</answer>", 3.0, {}, 0.5),  # format is not score_reward's business
@@ -116,8 +123,9 @@ def test_score_reward(completion: Any, gt: Any, kwargs: dict, expected: float | 
 
 
 def test_score_reward_relative_zero_gt_is_finite() -> None:
+    # the official (|p - g| + 1e-9) / (|g| + 1e-9): at gt 0 every answer, the exact one included, earns 0
     out = score_reward([ok("0"), ok("1")], gt_score=[0.0, 0.0], score_min=0.0, score_max=5.0, variant="relative")
-    assert out[0] == 1.0 and out[1] == 0.0
+    assert out == [0.0, 0.0]
 
 
 def test_score_reward_mixed_batch() -> None:
@@ -229,6 +237,14 @@ def test_multi_dim_reward(completion: Any, gt: Any, weights: dict | None, expect
 def test_multi_dim_reward_variants(answer: str, weights: dict | None, variant: str, expected: float) -> None:
     out = multi_dim_reward([ok(answer)], gt_scores=[GT], weights=weights, variant=variant)
     assert out[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("variant", ["l1", "l1_span", "threshold"])
+def test_multi_dim_reward_off_scale_is_unparsed(variant: str) -> None:
+    # one dimension off the 1-5 scale makes the whole answer unparsed (0.0), not two dimensions' partial credit
+    answers = ['{"spatial": 3, "temporal": 4, "alignment": 6}', '{"spatial": 3, "temporal": 4, "alignment": 5}']
+    out = multi_dim_reward([ok(a) for a in answers], gt_scores=[GT, GT], variant=variant)
+    assert out == [0.0, 1.0]
 
 
 def test_multi_dim_reward_unknown_variant() -> None:
@@ -366,6 +382,14 @@ def test_is_correct(completion: Any, task: str, columns: dict, expected: bool) -
     assert is_correct([completion], task, **columns) == [expected]
 
 
+def test_is_correct_off_scale_is_unparsed() -> None:
+    completions = [ok("5.2"), ok("5"), ok('{"spatial": 3, "temporal": 4, "alignment": 5.3}')]
+    tasks = ["video_score", "video_score", "multidim_score"]
+    cols = {"gt_score": [5.0, 5.0, None], "gt_scores": [None, None, GT]}
+    assert is_correct(completions, tasks, **cols) == [True, True, True]  # no scale: within the 0.5 tolerance
+    assert is_correct(completions, tasks, scale=(1.0, 5.0), **cols) == [False, True, False]
+
+
 def test_registry() -> None:
     assert REWARD_FUNCS == {
         "format": format_reward,
@@ -454,7 +478,7 @@ def test_fuzz_temporal_bonus_values(ordered: list, shuffled: list, alpha: float,
 @FUZZ
 @given(st.floats(-10, 10), st.floats(1, 5))
 def test_fuzz_l1_is_eq3_on_task_scale(pred: float, gt: float) -> None:
-    clipped = min(max(pred, 1.0), 5.0)
     r = score_similarity(pred, gt, 1.0, 5.0)
-    assert r == pytest.approx(max(0.0, 1.0 - abs(clipped - gt)))
+    expected = max(0.0, 1.0 - abs(pred - gt)) if 1.0 <= pred <= 5.0 else 0.0  # off the scale: unparsed
+    assert r == pytest.approx(expected)
     assert r <= score_similarity(pred, gt, 1.0, 5.0, "l1_span") + 1e-12  # span 4 > 1: l1 is the stricter one

@@ -58,7 +58,8 @@ def _corr(pred: list[float], gt: list[float]) -> dict[str, float]:
 
 
 def score(rows: list[dict], texts: list[str], scale: tuple[float, float]) -> dict[str, Any]:
-    """Metrics per task. Unparsable answers count as the scale midpoint (scores) or as wrong (choices)."""
+    """Metrics per task. Unparsable answers (a score off ``scale`` too) count as the scale midpoint (scores) or as
+    wrong (choices)."""
     mid = (scale[0] + scale[1]) / 2
     by_task: dict[str, list[tuple[dict, str]]] = {}
     for r, t in zip(rows, texts, strict=True):
@@ -68,10 +69,10 @@ def score(rows: list[dict], texts: list[str], scale: tuple[float, float]) -> dic
         answers = [extract_answer(completion_text(t)) for _, t in items]
         m: dict[str, Any] = {"n": len(items), "format_rate": float(np.mean([is_well_formed(t) for _, t in items]))}
         if task in ("image_score", "video_score"):
-            pred = [p if (p := parse_score(a)) is not None else mid for a in answers]
+            pred = [p if (p := parse_score(a, scale)) is not None else mid for a in answers]
             m.update(_corr(pred, [r["gt_score"] for r, _ in items]), pred_std=float(np.std(pred)))
         elif task == "multidim_score":
-            parsed = [parse_dimensions(a) or {} for a in answers]
+            parsed = [parse_dimensions(a, scale) or {} for a in answers]
             for d in DIMS:
                 m[d] = _corr([p.get(d, mid) for p in parsed], [r["gt_scores"][d] for r, _ in items])
             m["srcc"] = float(np.mean([m[d]["srcc"] for d in DIMS]))

@@ -58,11 +58,15 @@ def length_if_correct(
     l_max: int = 512,
     inclusive: bool = False,
     score_tolerance: float = 0.5,
+    score_min: float | None = None,
+    score_max: float | None = None,
     **columns: Any,
 ) -> list[float]:
-    """Length reward (Eq. 5) for the completions that are correct for their row's task (``rewards.is_correct``)."""
+    """Length reward (Eq. 5) for the completions that are correct for their row's task (``rewards.is_correct``; a
+    score off ``[score_min, score_max]`` is unparsed, hence incorrect)."""
     # Eq. 5: r_len = gamma if o_i is correct and l_min < len(o_i) < l_max (tokens), else 0.
-    correct = is_correct(completions, task, score_tolerance=score_tolerance, **columns)
+    scale = None if score_min is None or score_max is None else (score_min, score_max)
+    correct = is_correct(completions, task, score_tolerance=score_tolerance, scale=scale, **columns)
     return length_reward(
         completions,
         completion_ids=completion_ids,
@@ -75,7 +79,13 @@ def length_if_correct(
 
 
 def make_length_reward(
-    gamma: float, l_min: int, l_max: int, inclusive: bool = False, score_tolerance: float = 0.5
+    gamma: float,
+    l_min: int,
+    l_max: int,
+    inclusive: bool = False,
+    score_tolerance: float = 0.5,
+    score_min: float | None = None,
+    score_max: float | None = None,
 ) -> NamedReward:
     """TRL reward function named ``length``: γ for correct completions whose token length is in (l_min, l_max)."""
     if isinstance(gamma, bool) or not isinstance(gamma, Real) or not math.isfinite(gamma):
@@ -92,6 +102,8 @@ def make_length_reward(
         l_max=l_max,
         inclusive=bool(inclusive),
         score_tolerance=float(score_tolerance),
+        score_min=score_min,
+        score_max=score_max,
     )
 
 
@@ -123,7 +135,7 @@ def _build_one(key: str, options: dict[str, Any], shared: Mapping[str, Any]) -> 
         unknown = set(kwargs) - {"gamma", "l_min", "l_max", "inclusive", "score_tolerance"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for reward 'length'")
-        return make_length_reward(**kwargs)
+        return make_length_reward(**kwargs, **scale)
     return NamedReward(key, REWARD_FUNCS[key], **{**defaults, **options})
 
 
