@@ -25,7 +25,10 @@ LOGS = f"logs/{RUN}"
 DATASETS = [k for k, v in config["datasets"].items() if v.get("enabled", True)]
 # Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
 SRC = Path(workflow.basedir) / "src" / "vqinsight"
-DATA_CODE = [str(SRC / "data" / f) for f in ("registry.py", "parsers.py", "manifest.py")]
+DATA_CODE = [
+    str(SRC / "data" / f)
+    for f in ("registry.py", "parsers.py", "rows.py", "score_parsers.py", "pair_parsers.py", "manifest.py")
+]
 
 
 def dataset_spec(wildcards):
@@ -57,6 +60,31 @@ def raw_dir_of_output(wildcards, output):
 
 def raw_dir_of_input(wildcards, input):
     return str(Path(input.stamp).parent)
+
+
+def parse_options(wildcards):
+    """--options of the manifest command: the dataset's parse options; nothing when it sets none (the parser's
+    defaults), so configs without them keep their commands."""
+    opts = config["datasets"][wildcards.dataset].get("parse")
+    return f"--options {shlex.quote(json.dumps(opts, sort_keys=True))}" if opts else ""
+
+
+def preflight_datasets(wildcards=None):
+    """The preflight's --datasets: every enabled dataset's config entry and raw directory."""
+    return json.dumps({d: {"raw": f"{RAW}/{d}", **config["datasets"][d]} for d in DATASETS}, sort_keys=True)
+
+
+def preflight_models(wildcards=None):
+    """The preflight's --models: checkpoints the jobs load that no rule of this workflow builds."""
+    models = {} if "tiny" in config["model"] else {"model.base": config["model"]["base"]}
+    for name, spec in config["eval"].get("baselines", {}).items():
+        if spec.get("model") not in (None, "tiny"):
+            models[f"eval.baselines.{name}"] = spec["model"]
+        for tm, path in (spec.get("models") or {}).items():
+            models[f"eval.baselines.{name}.{tm}"] = path
+    gen = (config.get("stage3") or {}).get("generator", {})
+    models |= {f"stage3.generator.{k}": gen[k] for k in ("base", "lora") if k in gen}
+    return json.dumps({k: v for k, v in models.items() if not v.startswith(f"{RESULTS}/")}, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- GRPO

@@ -10,8 +10,8 @@ rule download:
     conda:
         "../environment.yml"
     resources:
-        mem_mb=4000,
-        runtime=24 * 60,
+        mem_mb=4000,  # streams each file to disk in chunks; extraction is streamed too
+        runtime=24 * 60,  # the largest archives (LSVQ's video shards, VisionReward's videos) are tens of GB
     params:
         raw=raw_dir_of_output,
         spec=dataset_spec,
@@ -35,19 +35,20 @@ rule manifest:
         "../environment.yml"
     threads: config["data"]["workers"]
     resources:
-        mem_mb=8000,
-        runtime=6 * 60,
+        mem_mb=8000,  # a manifest holds up to ~40k rows; the media check opens each file in a worker
+        runtime=6 * 60,  # the media check decodes the header of every video (LSVQ: 39k videos)
     params:
         raw=raw_dir_of_input,
         scale=score_scale,
         on_bad_input=config["data"]["on_bad_input"],
         reader=config["data"]["reader"],
         media_check="" if config["data"]["media_check"] else "--no-media-check",
+        options=parse_options,
     shell:
         "python -m vqinsight.data.manifest --dataset {wildcards.dataset} --raw-dir {params.raw:q} "
         "--out {output.manifest:q} --meta {output.meta:q} --quarantine {log.quarantine:q} "
         "--scale {params.scale} --on-bad-input {params.on_bad_input} --reader {params.reader} "
-        "--workers {threads} {params.media_check} > {log.main:q} 2>&1"
+        "--workers {threads} {params.media_check} {params.options}> {log.main:q} 2>&1"
 
 
 rule frame_cache:
@@ -62,8 +63,8 @@ rule frame_cache:
         "../environment.yml"
     threads: config["data"]["workers"]
     resources:
-        mem_mb=8000,
-        runtime=12 * 60,
+        mem_mb=8000,  # each worker holds one decoded 16-frame video at the pixel budget (~5 MB) at a time
+        runtime=12 * 60,  # decodes every training video once (LSVQ: 28k videos, ~4.8 MB written per video)
     params:
         cache=f"{RESULTS}/frames/cache",
         nframes=config["data"]["nframes"],
@@ -80,3 +81,35 @@ rule data:
     input:
         manifests,
         frame_caches,
+
+
+# Preflight: `snakemake --profile slurm check` before the paper run (check_decode also decodes every media file:
+# hours for LSVQ). Runs where Snakemake runs (the login node); prints what was read and one table of problems with
+# their fixes, and fails on any problem.
+rule check:
+    log:
+        f"{LOGS}/data/check.log",
+    localrule: True
+    conda:
+        "../environment.yml"
+    threads: config["data"]["workers"]
+    params:
+        datasets=preflight_datasets,
+        models=preflight_models,
+        scale=score_scale,
+        reader=config["data"]["reader"],
+        decode="",
+    shell:
+        "python -m vqinsight.preflight --datasets {params.datasets:q} --models {params.models:q} "
+        "--scale {params.scale} --reader {params.reader} --workers {threads} {params.decode}2>&1 | tee {log:q}"
+
+
+use rule check as check_decode with:
+    log:
+        f"{LOGS}/data/check_decode.log",
+    params:
+        datasets=preflight_datasets,
+        models=preflight_models,
+        scale=score_scale,
+        reader=config["data"]["reader"],
+        decode="--decode ",

@@ -13,7 +13,7 @@ import zipfile
 import polars as pl
 import pytest
 
-from vqinsight.data.download import DownloadError, apply_mirrors, extract, fetch_url, sha256_of
+from vqinsight.data.download import DownloadError, apply_mirrors, extract, fetch_url, hub_file_url, sha256_of
 from vqinsight.data.fetch import fetch
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -24,6 +24,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     honour_range = True
     cut_first_at: int | None = None  # close the connection after this many bytes, once
     requests: list[dict] = []
+    html_paths: set[str] = set()  # served as text/html (a hub page, not the file)
 
     def log_message(self, *a):  # keep test output quiet
         pass
@@ -44,6 +45,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
+        if self.path in type(self).html_paths:
+            self.send_header("Content-Type", "text/html; charset=utf-8")
         self.end_headers()
         cut = type(self).cut_first_at
         if cut is not None:
@@ -58,6 +61,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server():
     _Handler.files, _Handler.requests, _Handler.honour_range, _Handler.cut_first_at = {}, [], True, None
+    _Handler.html_paths = set()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -270,3 +274,78 @@ def test_fetch_main_writes_stamp_and_fails_cleanly(tmp_path):
 def test_unknown_source_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown source"):
         fetch("koniq", tmp_path, {"source": "ftp"})
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        (
+            "https://huggingface.co/datasets/tianleliphoebe/genai-arena-video-mp4/blob/main/dir/ab12.mp4",
+            "https://huggingface.co/datasets/tianleliphoebe/genai-arena-video-mp4/resolve/main/dir/ab12.mp4",
+        ),
+        (
+            "https://huggingface.co/org/model/blob/v1.0/w.safetensors",
+            "https://huggingface.co/org/model/resolve/v1.0/w.safetensors",
+        ),
+        (
+            "https://hf.co/spaces/o/s/blob/main/a.mp4?download=true",
+            "https://hf.co/spaces/o/s/resolve/main/a.mp4?download=true",
+        ),
+        # already a download link, a file literally under a "blob" folder, another host: unchanged
+        ("https://huggingface.co/datasets/o/d/resolve/main/blob/x.mp4", None),
+        ("https://example.org/datasets/o/d/blob/main/x.mp4", None),
+        ("https://huggingface.co/datasets/o/d/blob", None),
+    ],
+)
+def test_hub_page_links_become_download_links(url, want):
+    assert hub_file_url(url) == (want or url)
+
+
+def test_html_page_instead_of_a_video_is_an_error(tmp_path, server):
+    base, h = server
+    h.files["/page.mp4"] = b"<!doctype html><html>hub page</html>"
+    h.html_paths.add("/page.mp4")
+    with pytest.raises(DownloadError, match="HTML page"):
+        fetch_url(f"{base}/page.mp4", tmp_path / "v.mp4")
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_many_hub_media_links_download_concurrently_and_resume(tmp_path, server):
+    """GenAI-Bench's real URL form (/blob/ page links) through a mirror; 24 videos, 4 workers, one resumed."""
+    base, h = server
+    hub = "https://huggingface.co/datasets/tianleliphoebe/genai-arena-video-mp4"
+    names = [f"{i:032x}.mp4" for i in range(24)]
+    for n in names:
+        h.files[f"/hf/datasets/tianleliphoebe/genai-arena-video-mp4/resolve/main/dir/{n}"] = n.encode() * 1000
+        h.files[f"/hf/datasets/tianleliphoebe/genai-arena-video-mp4/blob/main/dir/{n}"] = b"<html>page</html>"
+        h.html_paths.add(f"/hf/datasets/tianleliphoebe/genai-arena-video-mp4/blob/main/dir/{n}")
+    raw = tmp_path / "raw"
+    table = raw / "video_generation" / "test_v1-00000-of-00001.parquet"
+    table.parent.mkdir(parents=True)
+    pl.DataFrame(
+        {
+            "prompt": ["p"] * 12,
+            "left_video": [f"{hub}/blob/main/dir/{n}" for n in names[:12]],
+            "right_video": [f"{hub}/blob/main/dir/{n}" for n in names[12:]],
+            "vote_type": ["leftvote"] * 12,
+        }
+    ).write_parquet(table)
+    part = raw / "videos" / f"{names[5]}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes((names[5].encode() * 1000)[:5000])
+    spec = {
+        "source": "download",
+        "mirrors": {"https://huggingface.co/": f"{base}/hf/"},
+        "media_urls": {
+            "file": "video_generation/test_v1-*.parquet",
+            "columns": ["left_video", "right_video"],
+            "dest": "videos",
+            "workers": 4,
+        },
+    }
+    fetch("genaibench", raw, spec)
+    for n in names:
+        assert (raw / "videos" / n).read_bytes() == n.encode() * 1000
+    resumed = [r for r in h.requests if r["path"].endswith(names[5])]
+    assert resumed == [{"path": resumed[0]["path"], "range": "bytes=5000-"}]
+    assert all("/resolve/" in r["path"] for r in h.requests)

@@ -34,6 +34,23 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+HUB_HOSTS = ("huggingface.co", "hf.co")
+
+
+def hub_file_url(url: str) -> str:
+    """A Hugging Face hub page link (`.../blob/<rev>/<path>`) as its download link (`.../resolve/<rev>/<path>`);
+    every other URL unchanged. GenAI-Bench's video columns hold page links: fetched verbatim they give HTML."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.hostname not in HUB_HOSTS:
+        return url
+    parts = parsed.path.split("/")
+    at = 4 if len(parts) > 1 and parts[1] in ("datasets", "spaces") else 3
+    if len(parts) > at + 1 and parts[at] == "blob":
+        parts[at] = "resolve"
+        return urllib.parse.urlunparse(parsed._replace(path="/".join(parts)))
+    return url
+
+
 def apply_mirrors(url: str, mirrors: dict[str, str] | None) -> str:
     for prefix, repl in sorted((mirrors or {}).items(), key=lambda kv: -len(kv[0])):
         if url.startswith(prefix):
@@ -67,12 +84,21 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - scheme checked by caller
 
 
-def _copy_stream(src, part: Path, mode: str, have: int, max_bytes: int | None, url: str, total: int | None) -> None:
+def _copy_stream(
+    src, part: Path, mode: str, have: int, max_bytes: int | None, url: str, total: int | None, progress: bool = True
+) -> None:
     from tqdm import tqdm
 
     with (
         open(part, mode) as out,
-        tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:40], disable=None) as bar,
+        tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            desc=part.name[:40],
+            disable=None if progress else True,
+        ) as bar,
     ):
         while block := src.read(CHUNK):
             have += len(block)
@@ -93,10 +119,12 @@ def fetch_url(
     max_bytes: int | None = None,
     timeout: float = 60.0,
     mirrors: dict[str, str] | None = None,
+    progress: bool = True,
 ) -> Path:
-    """Fetch `url` to `dest` (resuming a `.part` file), verify sha256 when known, and rename into place."""
+    """Fetch `url` to `dest` (resuming a `.part` file), verify sha256 when known, and rename into place. Hub page
+    links (`/blob/`) are fetched as their files (`/resolve/`); `progress=False` hides the per-file bar."""
     dest = Path(dest)
-    url = apply_mirrors(url, mirrors)
+    url = apply_mirrors(hub_file_url(url), mirrors)
     if dest.is_file() and dest.stat().st_size > 0:
         if sha256 is None or sha256_of(dest) == sha256.lower():
             log.info("present: %s", dest)
@@ -116,7 +144,7 @@ def fetch_url(
                 have = 0
             with open(local, "rb") as src:
                 src.seek(have)
-                _copy_stream(src, part, "ab" if have else "wb", have, max_bytes, url, size)
+                _copy_stream(src, part, "ab" if have else "wb", have, max_bytes, url, size, progress)
         elif urllib.parse.urlparse(url).scheme in ("http", "https"):
             with _open(url, have, timeout) as resp:
                 if have and resp.status != 206:  # server ignored Range: start over
@@ -125,7 +153,13 @@ def fetch_url(
                 total = have + int(length) if length and length.isdigit() else None
                 if max_bytes is not None and total is not None and total > max_bytes:
                     raise DownloadError(f"{url}: {total} bytes exceeds the limit of {max_bytes}")
-                _copy_stream(resp, part, "ab" if have else "wb", have, max_bytes, url, total)
+                ctype = resp.headers.get("Content-Type") or ""
+                if ctype.startswith("text/html") and dest.suffix.lower() not in (".html", ".htm"):
+                    raise DownloadError(
+                        f"{url}: the server sent an HTML page, not the file (a web page link rather than a "
+                        f"download link?). {_by_hand(url, dest, sha256)}"
+                    )
+                _copy_stream(resp, part, "ab" if have else "wb", have, max_bytes, url, total, progress)
             if total is not None and part.stat().st_size < total:
                 raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
         else:

@@ -53,11 +53,14 @@ def _download(raw: Path, spec: dict[str, Any]) -> list[str]:
 
 
 def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], max_bytes: int | None) -> list[str]:
-    """Fetch every URL in media['columns'] of the annotation parquet files into media['dest'].
+    """Fetch every URL in media['columns'] of the annotation parquet files into media['dest'], `workers` at a time
+    (default 8), with one progress bar over the files. A rerun skips finished files and resumes partial ones.
 
     The file name is the value of the matching `name_columns` entry when given (a relative path, as the parser
-    expects it), else the URL's basename.
+    expects it), else the URL's basename. Hub page links (`/blob/`) are fetched as their files.
     """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     import polars as pl
     from tqdm import tqdm
 
@@ -72,18 +75,30 @@ def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], m
             for url, name in zip(df[c].to_list(), named, strict=True):
                 if url:
                     jobs[url] = str(name) if name else PurePosixPath(url.split("?")[0]).name
-    failed = []
-    for url, name in tqdm(sorted(jobs.items()), desc="media", unit="file", disable=None):
+    failed, todo = [], []
+    for url, name in sorted(jobs.items()):
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             failed.append(f"{url}: unsafe file name {name!r}")
-            continue
-        try:
-            fetch_url(url, raw / media["dest"] / name, max_bytes=max_bytes, mirrors=mirrors)
-        except DownloadError as e:
-            failed.append(str(e))
+        else:
+            todo.append((url, raw / media["dest"] / name))
+    workers = int(media.get("workers", 8))
+    with (
+        ThreadPoolExecutor(max(1, workers)) as ex,
+        tqdm(total=len(todo), desc="media", unit="file", disable=None) as bar,
+    ):
+        futures = {
+            ex.submit(fetch_url, url, dest, max_bytes=max_bytes, mirrors=mirrors, progress=False): url
+            for url, dest in todo
+        }
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except DownloadError as e:
+                failed.append(str(e))
+            bar.update(1)
     if failed:
         # Missing media are reported per row by the manifest's quarantine; a dead link must not stop the others.
-        log.warning("%d of %d media URL(s) could not be fetched; first: %s", len(failed), len(jobs), failed[0])
+        log.warning("%d of %d media URL(s) could not be fetched; first: %s", len(failed), len(jobs), sorted(failed)[0])
     return [f"{len(jobs) - len(failed)} media files"]
 
 
@@ -96,16 +111,20 @@ def _synthetic(key: str, raw: Path, spec: dict[str, Any]) -> list[str]:
 
 
 def check_native(key: str, raw: Path) -> list[str]:
-    """Return the native files/dirs (registry.native_files) that are missing under raw."""
+    """Return the native files/dirs (registry.native_files) that are missing under raw; an entry `a|b` is there
+    when any of its variants (one per published release) is."""
     missing = []
-    for pattern in get_dataset(key).native_files:
-        if pattern.endswith("/"):
-            d = raw / pattern.rstrip("/")
-            if not d.is_dir() or not any(d.iterdir()):
-                missing.append(pattern)
-        elif not any(raw.glob(pattern)):
-            missing.append(pattern)
+    for entry in get_dataset(key).native_files:
+        if not any(_present(raw, pattern) for pattern in entry.split("|")):
+            missing.append(entry)
     return missing
+
+
+def _present(raw: Path, pattern: str) -> bool:
+    if pattern.endswith("/"):
+        d = raw / pattern.rstrip("/")
+        return d.is_dir() and any(d.iterdir())
+    return any(raw.glob(pattern))
 
 
 def fetch(key: str, raw: Path, spec: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ class DatasetInfo:
     name: str
     published_at: str
     paper_role: str
-    native_files: tuple[str, ...]
+    native_files: tuple[str, ...]  # glob patterns; "a|b": any one of the releases' variants; "dir/": non-empty dir
     tasks: tuple[str, ...]
     splits: tuple[str, ...]
     raw_range: tuple[float, float] | None  # native MOS range; None for preference-only data
@@ -37,7 +37,11 @@ REGISTRY: dict[str, DatasetInfo] = {
             "KonIQ-10k",
             "images: database.mmsp-kn.de/koniq-10k; metas: HF zhiyuanyou/Data-DeQA-Score",
             "stage 1 image-score warm-up",
-            ("metas/train_koniq_7k.json", "metas/test_koniq_2k.json", "images/"),
+            (
+                "metas/train_koniq_7k.json|train_koniq.json|training_labels.txt",
+                "metas/test_koniq_2k.json|test_koniq.json|test_labels.txt",
+                "images/",
+            ),
             ("image_score",),
             ("train", "test"),
             (1.0, 5.0),
@@ -48,7 +52,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             "LSVQ",
             "HF teowu/LSVQ-videos (ia-batch*.tar.gz shards + label CSVs)",
             "stage 2 natural-video score; Table 3 (LSVQ-test, LSVQ-1080p)",
-            ("LSVQ_whole_train.csv", "LSVQ_whole_test.csv", "LSVQ_whole_test_1080p.csv", "videos/"),
+            (
+                "LSVQ_whole_train.csv|train_labels.txt",
+                "labels_test.txt|LSVQ_whole_test.csv",
+                "labels_1080p.txt|LSVQ_whole_test_1080p.csv",
+                "videos/",
+            ),
             ("video_score",),
             ("train", "test", "test_1080p"),
             (0.0, 100.0),
@@ -59,7 +68,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             "KoNViD-1k",
             "database.mmsp-kn.de/konvid-1k-database.html",
             "Table 3",
-            ("KoNViD_1k_attributes.csv", "KoNViD_1k_videos/"),
+            ("KoNViD_1k_attributes.csv|labels.txt|konvid.json", "KoNViD_1k_videos/"),
             ("video_score",),
             ("test",),
             (1.0, 5.0),
@@ -70,7 +79,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             "LIVE-VQC",
             "live.ece.utexas.edu/research/LIVEVQC",
             "Table 3",
-            ("data.mat", "Video/"),
+            ("data.mat|labels.txt|LIVE_VQC_metadata.csv", "Video/"),
             ("video_score",),
             ("test",),
             (0.0, 100.0),
@@ -81,24 +90,29 @@ REGISTRY: dict[str, DatasetInfo] = {
             "LGVQ",
             "github.com/zczhang-sjtu/UGVQ (paper arXiv 2407.21408)",
             "stage 2 multi-dimension score; Table 2",
-            ("LGVQ_MOS.csv", "videos/"),
+            ("LGVQ.csv|LGVQ_MOS.csv", "videos/"),
             ("multidim_score",),
             ("train", "test"),
             (0.0, 100.0),
             "see UGVQ repository",
-            notes="layout, MOS range and split are assumed: the UGVQ repo does not publish them",
+            notes="labels: third-party copies of the MOS table (0-100); split by prompt unless a split column exists",
         ),
         DatasetInfo(
             "visionreward",
             "VisionRewardDB-Video",
             "HF zai-org/VisionRewardDB-Video (train/, regression/)",
             "stage 2 comparison + yes/no VQA",
-            ("train/train-*.parquet", "meta_qa_en.txt", "regression/train-*.parquet", "videos/"),
+            (
+                "train/train-*.parquet",
+                "meta_qa_en.txt|VisionReward_video_qa.txt",
+                "regression/train-*.parquet",
+                "videos/",
+            ),
             ("comparison", "vqa"),
             ("train",),
             None,
             "Apache-2.0 (annotations); videos fetched by URL",
-            notes="standard_answer coding assumed 1/2/0; aliases accepted",
+            notes="standard_answer video1/video2/tie (public evaluators); 1/2/0 and other aliases accepted",
         ),
         DatasetInfo(
             "genaibench",
@@ -122,7 +136,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             ("test",),
             None,
             "Apache-2.0",
-            notes="standard_answer coding assumed 1/2/0; aliases accepted",
+            notes="standard_answer video1/video2/tie (public evaluators); 1/2/0 and other aliases accepted",
         ),
         DatasetInfo(
             "vidprom",

@@ -50,7 +50,11 @@ def _split_source(root: Path, dataset: str, split: str, names: tuple[str, ...]) 
 # split -> (file, format) in order of preference: DeQA-Score metas (what Q-Insight trains on), Q-Align's lists,
 # FAST-VQA's test list. DeQA carries the 1-5 MOS (and gt_score_norm); the others the 0-100 MOS_zscore.
 KONIQ_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
-    "train": (("metas/train_koniq_7k.json", "deqa"), ("train_koniq.json", "qalign")),
+    "train": (
+        ("metas/train_koniq_7k.json", "deqa"),
+        ("train_koniq.json", "qalign"),
+        ("training_labels.txt", "fastvqa"),
+    ),
     "test": (("metas/test_koniq_2k.json", "deqa"), ("test_koniq.json", "qalign"), ("test_labels.txt", "fastvqa")),
 }
 
