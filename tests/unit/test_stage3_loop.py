@@ -96,7 +96,7 @@ def test_table6_puts_measured_and_paper_rows_apart(tmp_path):
     keys = [c.key for c in t.columns]
     assert keys == ["overall_score", "scene", "temporal_flickering", "winrate_vs_g0"], "empty columns dropped"
     md = render_markdown(t)
-    assert "0.820" in md and "**0.850**" in md and "Ours (demo)" in md
+    assert "0.8202" in md and "**0.8500**" in md and "Ours (demo)" in md  # VBench: the paper's four decimals
     csv = render_csv(t)
     assert "table6,measured,ours,Ours (demo),temporal_flickering,0.85" in csv
     (tmp_path / "broken.json").write_text("{")

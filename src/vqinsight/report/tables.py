@@ -8,10 +8,10 @@ measured rows only.
 
 Units: metrics files hold fractions (accuracies in [0, 1], correlations in [-1, 1]). Markdown and LaTeX print them
 as the paper does: pairwise accuracies and swap-flip rates in percent with two decimals (PCT_DECIMALS; the paper
-prints 51.26), correlations with three decimals. The CSV is tidy (``table,block,system,label,column,value``) and
-keeps fractions at full precision, so it round-trips the metrics files exactly. Paper numbers printed in percent
-are recognised per column (a value with magnitude above 1 cannot be a fraction of these metrics) and divided by
-100, so both blocks share one unit.
+prints 50.80), correlations with three decimals, Table 6's VBench scores with four. The CSV is tidy
+(``table,block,system,label,column,value``) and keeps fractions at full precision, so it round-trips the metrics
+files exactly. Paper numbers printed in percent are recognised per column (a value with magnitude above 1 cannot be
+a fraction of these metrics) and divided by 100, so both blocks share one unit.
 
 ``reported.yaml`` is read defensively: a missing file, a missing table or a malformed row is logged and skipped,
 and the table is rendered with our rows only. Bad metrics files, in contrast, raise: they are this pipeline's own
@@ -63,7 +63,7 @@ DASH = "–"  # missing benchmark, undefined metric (e.g. constant prediction) o
 CSV_FIELDS = ("table", "block", "system", "label", "column", "value")
 TABLE_NAMES = ("table1", "table2", "table3", "table4", "table5")
 
-# Follows the paper's Tables 4 and 5 (AAAI-26 camera-ready, as transcribed in config/reported.yaml); may be edited.
+# Follows the paper's Tables 4 and 5 (as transcribed in config/reported.yaml); may be edited.
 # Table 4 ablates the AIGC scoring model (cases a-c: warm-up, temporal reward TMR, length reward LCR, on LGVQ),
 # Table 5 the comparison model (cases e-f: length reward, unified finetuning UF = "united", on GenAI-Bench and
 # MonetBench). A variant may sit in both tables (no_length): each table takes only the metrics files of its own
@@ -80,7 +80,7 @@ ABLATION_TASKS: dict[str, tuple[str, ...]] = {
 # dimensions (case (d) equals the mean of Table 2's dimensions), i.e. our "lgvq_mean_<metric>" columns.
 _BARE_REPORTED_PREFIX = {"table4": "lgvq_mean"}
 WIDE_TABLE_COLUMNS = 8  # LaTeX tables with more columns are scaled to the line width
-PCT_DECIMALS = 2  # the paper prints pairwise accuracies with two decimals (e.g. 51.26)
+PCT_DECIMALS = 2  # the paper prints pairwise accuracies with two decimals (e.g. 50.80)
 
 BENCHMARK_NAMES = {
     "genaibench": "GenAI-Bench",
@@ -104,7 +104,7 @@ _METRIC_SUFFIXES = ("plcc_logistic", "plcc_raw", "mean_srcc", "mean_krcc", "mean
 _METRIC_SUFFIXES += ("srcc", "krcc", "plcc", "tau", "diff", "acc")
 _PCT_METRICS = {"tau", "diff", "accuracy", "acc", "swap_flip"}
 
-Fmt = Literal["pct", "dec3"]
+Fmt = Literal["pct", "dec3", "dec4"]
 
 
 def benchmark_name(key: str) -> str:
@@ -263,11 +263,12 @@ class Table:
 
 
 def format_value(v: float | None, fmt: Fmt) -> str:
-    """Paper formatting: ``pct`` = percent with PCT_DECIMALS decimals (0.6123 -> "61.23"), ``dec3`` = 3 decimals."""
+    """Paper formatting: ``pct`` = percent with PCT_DECIMALS decimals (0.6123 -> "61.23"), ``dec3`` = 3 decimals,
+    ``dec4`` = 4 decimals (the paper's VBench scores, 0.8095)."""
     v = as_float(v)
     if v is None:
         return DASH
-    s = f"{100.0 * v:.{PCT_DECIMALS}f}" if fmt == "pct" else f"{v:.3f}"
+    s = f"{100.0 * v:.{PCT_DECIMALS}f}" if fmt == "pct" else f"{v:.{4 if fmt == 'dec4' else 3}f}"
     return s[1:] if re.fullmatch(r"-0\.0+", s) else s  # no "-0.0"
 
 
@@ -521,9 +522,9 @@ def _table3(records: Sequence[MetricsRecord], reported: dict[str, Any], demo: bo
     columns = []
     for b in TABLE3_BENCHMARKS:
         g = benchmark_name(b)
-        columns += [
-            _dec_col(f"{b}_srcc", g, "SRCC"),
+        columns += [  # the paper's order (PLCC, SRCC), then the raw PLCC it does not print
             _dec_col(f"{b}_plcc_logistic", g, "PLCC (4-par. logistic)", "PLCC (logistic)"),
+            _dec_col(f"{b}_srcc", g, "SRCC"),
             _dec_col(f"{b}_plcc_raw", g, "PLCC (raw)"),
         ]
     recs = _select(records, TABLE3_BENCHMARKS, SCORE_TASKS)
@@ -855,16 +856,16 @@ TABLE6_ROWS = {  # row key -> label (plus ours_r<r>: an intermediate round); the
     "ours_no_uf": "Ours w/o UF",
     "ours": "Ours",
 }
-_T6_PAPER = (  # the paper's columns (config/reported.yaml table6), VBench scores in [0, 1]
-    ("overall_score", "VBench", "Overall", "Overall"),
+_T6_PAPER = (  # the paper's columns (config/reported.yaml table6), VBench scores in [0, 1] with four decimals
+    ("overall_score", "VBench", "Overall Score", "Overall"),
+    ("quality_score", "VBench", "Quality Score", "Quality"),
+    ("semantic_score", "VBench", "Semantic Score", "Semantic"),
+)
+_T6_EXTRA = (  # measured here only: VBench dimensions and the judge's win rate
     ("dynamic_degree", "VBench", "D.D.", "D.D."),
     ("scene", "VBench", "Scene", "Scene"),
     ("spatial_relationship", "VBench", "S.R.", "S.R."),
     ("multiple_objects", "VBench", "M.O.", "M.O."),
-)
-_T6_EXTRA = (
-    ("quality_score", "VBench", "Quality", "Quality"),
-    ("semantic_score", "VBench", "Semantic", "Semantic"),
     ("temporal_flickering", "VBench", "temp. flicker", "temp. flicker"),
     ("winrate_vs_g0", "judge", "win rate vs G0", r"win rate vs $G_0$"),
 )
@@ -903,7 +904,7 @@ def build_table6(evals: Sequence[tuple[str, str | Path]], reported: dict[str, An
             f"{label}: generator {obj.get('generator')}, {obj.get('n_videos', '?')} held-out videos"
             + (f", win rate over {wr.get('n')} pairs (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
         )
-    columns = [Column(k, g, n, t, "dec3") for k, g, n, t in _T6_PAPER + _T6_EXTRA]
+    columns = [Column(k, g, n, t, "dec3" if k == "winrate_vs_g0" else "dec4") for k, g, n, t in _T6_PAPER + _T6_EXTRA]
     reported_rows = _reported_rows(reported, "table6", columns)
     keep = [c for c in columns if any(r.values.get(c.key) is not None for r in rows + reported_rows)] or columns[:1]
     notes = [
@@ -919,8 +920,9 @@ def build_table6(evals: Sequence[tuple[str, str | Path]], reported: dict[str, An
     return Table(
         "table6",
         "Table 6: the generator before and after united finetuning (VBench)",
-        "VBench scores in [0, 1] (higher is better); D.D. = dynamic degree, S.R. = spatial relationship, "
-        "M.O. = multiple objects; win rate in [0, 1]",
+        "VBench total (Overall), quality and semantic scores in [0, 1] (higher is better), as the paper prints them; "
+        "measured only: D.D. = dynamic degree, S.R. = spatial relationship, M.O. = multiple objects and the judge's "
+        "win rate in [0, 1]",
         keep,
         rows,
         reported_rows,
