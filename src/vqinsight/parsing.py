@@ -75,6 +75,19 @@ _NO = re.compile(r"\bno\b")
 _LEADING_YES_NO = re.compile(r"^(yes|no)\b")
 
 
+# The official VQ-Insight code's own parsing (xuanyuzhang21/VQ-Insight, grpo_md_aigc.py), reproduced for the
+# rewards' official variants: case-sensitive tags, the FIRST answer block, Python's float() of the whole answer,
+# braces and a fixed key order for the three dimensions.
+_OFFICIAL_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)  # fullmatch, no strip
+_OFFICIAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+_OFFICIAL_DIMS = re.compile(
+    r"<answer>\s*\{"
+    + r"\s*,".join(rf'\s*"{key}"\s*:\s*([\d.]+)' for key in ("spatial", "temporal", "consistency"))
+    + r"\s*\}\s*</answer>",
+    re.DOTALL,
+)
+
+
 def _as_str(text: Any) -> str:
     """``text`` if it is a string, else ``""``."""
     return text if isinstance(text, str) else ""
@@ -126,6 +139,43 @@ def is_well_formed(text: Any) -> bool:
     if any(len(rx.findall(s)) != 1 for rx in _TAG_COUNT.values()):
         return False  # repeated, nested, unclosed or differently-cased tags
     return _WELL_FORMED.fullmatch(s) is not None
+
+
+def is_well_formed_official(text: Any) -> bool:
+    """The official format check: the whole text is ``<think>...</think>``, optional whitespace, then
+    ``<answer>...</answer>`` (case-sensitive; no whitespace around; repeated or nested blocks pass when the whole
+    text still fits)."""
+    return _OFFICIAL_FORMAT.fullmatch(_as_str(text)) is not None
+
+
+def official_answer(text: Any) -> str:
+    """The official code's answer: the body of the FIRST ``<answer>...</answer>`` (case-sensitive), stripped; "" if
+    there is none."""
+    match = _OFFICIAL_ANSWER.search(_as_str(text))
+    return match.group(1).strip() if match else ""
+
+
+def official_number(answer: Any) -> float | None:
+    """The official code's number: Python's ``float()`` of the whole answer with commas removed ("4.5", " 1e0",
+    "1,5" -> 15.0; "Score: 3.5" -> None). NaN and infinities are None (officially NaN earns full credit: a bug)."""
+    try:
+        value = float(_as_str(answer).replace(",", ""))
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def official_dimensions(text: Any) -> dict[str, float] | None:
+    """The official multi-dimension answer: the first ``<answer>{"spatial": x, "temporal": y, "consistency": z}
+    </answer>`` anywhere in the completion, keys in that order, braces required, unsigned decimals; as
+    ``{"spatial", "temporal", "alignment"}``. None when absent or a value is not a number ("1.2.3")."""
+    match = _OFFICIAL_DIMS.search(_as_str(text))
+    if match is None:
+        return None
+    values = [official_number(v) for v in match.groups()]
+    if any(v is None for v in values):
+        return None
+    return dict(zip(DIMENSIONS, values, strict=True))  # type: ignore[arg-type]
 
 
 def _finite(value: float) -> float | None:

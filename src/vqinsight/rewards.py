@@ -25,6 +25,10 @@ from vqinsight.parsing import (
     completion_text,
     extract_answer,
     is_well_formed,
+    is_well_formed_official,
+    official_answer,
+    official_dimensions,
+    official_number,
     parse_choice,
     parse_dimensions,
     parse_score,
@@ -33,6 +37,10 @@ from vqinsight.parsing import (
 logger = logging.getLogger(__name__)
 
 SCORE_VARIANTS: tuple[str, ...] = ("l1", "l1_span", "relative", "threshold")
+FORMAT_VARIANTS: tuple[str, ...] = ("strict", "official")
+CHOICE_VARIANTS: tuple[str, ...] = ("parsed", "official")
+#: The official code's "correct" rollout, for its temporal bonus and length rule: accuracy reward > 0.1.
+OFFICIAL_CORRECT_REWARD = 0.1
 #: Q-Insight's threshold variant: full reward when |pred - gt| < this (scale units).
 THRESHOLD = 0.35
 _EPS = 1e-9
@@ -98,10 +106,12 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"unknown score variant {variant!r}; valid: {', '.join(SCORE_VARIANTS)}")
 
 
-def _own_scale(variant: str, score_min: float, score_max: float) -> tuple[float, float] | None:
-    """The scale a prediction must lie on to count as parsed: the task's for the project's own variants, none for the
-    official code's ``relative`` (which scores any number)."""
-    return None if variant == "relative" else (score_min, score_max)
+def _score_pred(completion: Any, variant: str, score_min: float, score_max: float) -> float | None:
+    """The predicted score: the official code's (first answer block, ``float()`` of it, any number) for ``relative``;
+    else the last answer block's first number, unparsed (None) off the task's scale."""
+    if variant == "relative":
+        return official_number(official_answer(completion_text(completion)))
+    return parse_score(_answer(completion), (score_min, score_max))
 
 
 def score_similarity(pred: float, gt: float, score_min: float, score_max: float, variant: str = "l1") -> float:
@@ -165,10 +175,18 @@ def _truthy(value: Any) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # reward functions (TRL contract)
 # ---------------------------------------------------------------------------------------------------------------
-def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """1.0 when the completion is exactly one ``<think>`` block followed by one ``<answer>`` block, else 0.0."""
+def format_reward(completions: Sequence[Any], variant: str = "strict", **kwargs: Any) -> list[float]:
+    """1.0 for a well-formed completion, else 0.0.
+
+    ``strict``: exactly one ``<think>`` block then one ``<answer>`` block, whitespace around allowed
+    (``parsing.is_well_formed``). ``official``: the official code's check (``parsing.is_well_formed_official``: no
+    surrounding whitespace, repeated or nested blocks pass).
+    """
     # Format reward R_format of the paper (the DeepSeek-R1 / Q-Insight format check of the official code).
-    return [1.0 if is_well_formed(completion_text(c)) else 0.0 for c in completions]
+    if variant not in FORMAT_VARIANTS:
+        raise ValueError(f"unknown format variant {variant!r}; valid: {', '.join(FORMAT_VARIANTS)}")
+    check = is_well_formed_official if variant == "official" else is_well_formed
+    return [1.0 if check(completion_text(c)) else 0.0 for c in completions]
 
 
 def score_reward(
@@ -187,7 +205,7 @@ def score_reward(
     out: list[float | None] = []
     for completion, raw_gt in zip(completions, gts, strict=True):
         gt = _gt_number(raw_gt)
-        pred = parse_score(_answer(completion), _own_scale(variant, score_min, score_max)) if gt is not None else None
+        pred = _score_pred(completion, variant, score_min, score_max) if gt is not None else None
         if gt is None:
             out.append(None)
         else:
@@ -216,7 +234,10 @@ def multi_dim_reward(
         if gt is None:
             out.append(None)
             continue
-        pred = parse_dimensions(_answer(completion), _own_scale(variant, score_min, score_max))
+        if variant == "relative":  # the official code: braces, fixed key order, first match in the completion
+            pred = official_dimensions(completion_text(completion))
+        else:
+            pred = parse_dimensions(_answer(completion), (score_min, score_max))
         if pred is None:
             out.append(0.0)
             continue
@@ -226,18 +247,33 @@ def multi_dim_reward(
 
 
 def choice_reward(
-    completions: Sequence[Any], gt_choice: Sequence[Any] | None = None, **kwargs: Any
+    completions: Sequence[Any],
+    gt_choice: Sequence[Any] | None = None,
+    variant: str = "parsed",
+    gt_text: Mapping[str, str] | None = None,
+    **kwargs: Any,
 ) -> list[float | None]:
-    """1.0 when the parsed choice ("A"/"B"/"tie"/"yes"/"no") equals ``gt_choice`` (case-insensitive), else 0.0."""
+    """1.0 when the answer matches ``gt_choice``, else 0.0; None where ``gt_choice`` is missing.
+
+    ``parsed``: the parsed verdict (``parsing.parse_choice``: "A"/"B"/"tie"/"yes"/"no") equals ``gt_choice``,
+    case-insensitively. ``official``: the official code's exact, case-sensitive string equality of the first answer
+    block with the ground truth's text, ``gt_text[gt_choice]`` when given (e.g. ``{"A": "Video A"}`` for prompts
+    asking for "Video A"), else ``gt_choice`` itself.
+    """
     # Eq. 7: r = 1 if the predicted preference / answer equals the ground truth, else 0.
+    if variant not in CHOICE_VARIANTS:
+        raise ValueError(f"unknown choice variant {variant!r}; valid: {', '.join(CHOICE_VARIANTS)}")
     gts = _column(gt_choice, len(completions), "gt_choice")
     out: list[float | None] = []
     for completion, gt in zip(completions, gts, strict=True):
         if not isinstance(gt, str) or not gt.strip():
             out.append(None)
-            continue
-        pred = parse_choice(_answer(completion))
-        out.append(1.0 if pred is not None and pred.lower() == gt.strip().lower() else 0.0)
+        elif variant == "official":
+            expected = (gt_text or {}).get(gt, gt)
+            out.append(1.0 if official_answer(completion_text(completion)) == expected.strip() else 0.0)
+        else:
+            pred = parse_choice(_answer(completion))
+            out.append(1.0 if pred is not None and pred.lower() == gt.strip().lower() else 0.0)
     return out
 
 
@@ -279,21 +315,44 @@ def temporal_bonus(
     alpha: float = 0.3,
     mu: float = 0.8,
     strict: bool = True,
+    threshold: float | None = None,
 ) -> list[float]:
     """α for each correct ordered-frame rollout when the ordered accuracy beats μ × the shuffled accuracy, else 0.0.
 
-    Flags are bools or numbers (> 0.5 counts as correct). ``strict=False`` uses ≥ as the official code does.
+    ``threshold=None``: flags, bools or numbers (> 0.5 counts as correct); the accuracies are the shares correct.
+    A number: continuous accuracy rewards, as the official code gates (``OFFICIAL_CORRECT_REWARD``): the accuracies
+    are the mean rewards and a rollout is correct when its reward exceeds ``threshold``. ``strict=False`` uses ≥ as
+    the official code does.
     """
     # Eq. 4: r_t = alpha if p > mu * p~ (p, p~: accuracy of the ordered / shuffled-frame rollouts), else 0.
-    ordered = [_truthy(x) for x in ordered_correct]
-    shuffled = [_truthy(x) for x in shuffled_correct]
+    if threshold is None:
+        ordered = [float(_truthy(x)) for x in ordered_correct]
+        shuffled = [float(_truthy(x)) for x in shuffled_correct]
+        cut = 0.5
+    else:
+        ordered = [_reward_value(x) for x in ordered_correct]
+        shuffled = [_reward_value(x) for x in shuffled_correct]
+        cut = float(threshold)
     if not ordered:
         return []
     if not shuffled:
         return [0.0] * len(ordered)
     p, p_shuffled = sum(ordered) / len(ordered), sum(shuffled) / len(shuffled)
     gate = p > mu * p_shuffled if strict else p >= mu * p_shuffled
-    return [float(alpha) if gate and ok else 0.0 for ok in ordered]
+    return [float(alpha) if gate and v > cut else 0.0 for v in ordered]
+
+
+def _reward_value(value: Any) -> float:
+    """A continuous accuracy reward as a float; anything not a finite number is 0.0."""
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, Real):
+        return 0.0
+    try:
+        v = float(value)
+    except OverflowError:
+        return 0.0
+    return v if math.isfinite(v) else 0.0
 
 
 def _row_correct(

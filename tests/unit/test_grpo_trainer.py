@@ -21,7 +21,7 @@ from transformers import AutoProcessor
 from trl import GRPOConfig
 from trl.trainer.utils import get_callable_name
 
-from vqinsight.grpo.reward_funcs import NamedReward, build_reward_funcs, make_length_reward
+from vqinsight.grpo.reward_funcs import NamedReward, build_correctness, build_reward_funcs, make_length_reward
 from vqinsight.grpo.trainer import (
     VideoGRPOTrainer,
     _fold_column_images,
@@ -131,6 +131,7 @@ def make_trainer(
         "merge_shuffled_rollouts",
         "share_vision",
         "checkpoint_layers",
+        "correctness",
     )
     trainer_kw = {k: kw.pop(k) for k in trainer_keys if k in kw}
     cfg = {
@@ -299,6 +300,33 @@ def test_temporal_group_logic(
     assert metrics["temporal/acc_ordered"] == [0.5]
     assert metrics["temporal/acc_shuffled"] == [0.0 if shuffled == WRONG else 1.0]
     assert metrics["temporal/bonus_rate"] == [1.0 if any(expected) else 0.0]
+
+
+@pytest.mark.parametrize(
+    ("shuffled", "expected"),
+    [
+        # ordered rewards (relative error, gt 3): 1, 1/3, 1, 1/3 (mean 2/3); shuffled "2": 2/3 -> 2/3 >= 0.8 x 2/3,
+        # every ordered rollout with reward > 0.1 gets the bonus (the tolerance rule would give [0.3, 0, 0.3, 0])
+        ("<think>t</think><answer>2</answer>", [0.3] * 4),
+        (CORRECT, [0.0] * 4),  # shuffled reward 1: 2/3 < 0.8
+    ],
+)
+def test_temporal_official_gate_on_mean_rewards(
+    tiny_dir: Path, tmp_path: Path, shuffled: str, expected: list[float]
+) -> None:
+    """The recipe's `temporal.correct: reward` (official code): the gate compares mean accuracy rewards."""
+    spec = {"score": 1.0, "score_variant": "relative", "score_min": 1.0, "score_max": 5.0}
+    correctness = build_correctness(spec, "reward")
+    trainer = make_trainer(tiny_dir, tmp_path, [0], temporal=True, strict=False, correctness=correctness)
+    trainer.model.train()
+    inputs = _rows(0, 4)
+    trainer._generate_shuffled = lambda prompts: [shuffled] * len(prompts)  # type: ignore[method-assign]
+    trainer._temporal_state = trainer._temporal_rollouts(inputs)
+    ordered = _completions([CORRECT, WRONG, CORRECT, WRONG])
+    columns = {k: [x[k] for x in inputs] for k in ("task", "gt_score", "gt_scores", "gt_choice")}
+    rewards = trainer._temporal_reward([x["prompt"] for x in inputs], ordered, **columns)
+    assert rewards == pytest.approx(expected)
+    assert trainer._metrics["train"]["temporal/acc_ordered"] == [pytest.approx(2 / 3)]
 
 
 @pytest.mark.parametrize(("shuffled", "bonus_mean"), [(WRONG, 0.15), (CORRECT, 0.0)])

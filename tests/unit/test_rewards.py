@@ -231,7 +231,8 @@ def test_multi_dim_reward(completion: Any, gt: Any, weights: dict | None, expect
             0.875,
         ),
         ('{"spatial": 3.2, "temporal": 4, "alignment": 5}', None, "threshold", 1.0),
-        ('{"spatial": 4, "temporal": 4, "alignment": 5}', None, "relative", 1 - 1 / 9),
+        ('{"spatial": 4, "temporal": 4, "consistency": 5}', None, "relative", 1 - 1 / 9),  # official keys, order
+        ('{"spatial": 4, "temporal": 4, "alignment": 5}', None, "relative", 0.0),
     ],
 )
 def test_multi_dim_reward_variants(answer: str, weights: dict | None, variant: str, expected: float) -> None:

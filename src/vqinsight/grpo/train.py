@@ -95,7 +95,7 @@ class Recipe:
                 raise ValueError("checkpoint_layers needs trainer.gradient_checkpointing: true")
         if not 0.0 <= float(self.outside_answer_weight) <= 1.0:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {self.outside_answer_weight!r}")
-        unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance"}
+        unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance", "correct"}
         if unknown:
             raise ValueError(f"unknown temporal key(s) {sorted(unknown)}")
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..models.load import load_model_and_processor
     from .data import MediaLoader, build_dataset, select_rows, to_records
     from .heldout import evaluate
-    from .reward_funcs import build_reward_funcs
+    from .reward_funcs import build_correctness, build_reward_funcs
     from .trainer import VideoGRPOTrainer
 
     if a.threads:
@@ -302,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     if recipe.comparison_both_orders:
         rows = with_both_orders(rows)
     dataset = build_dataset(rows, loader, recipe.prompt_style, scale)
-    funcs, weights = build_reward_funcs({**recipe.rewards, "score_min": scale[0], "score_max": scale[1]})
+    reward_spec = {
+        **recipe.rewards,
+        "score_min": scale[0],
+        "score_max": scale[1],
+        "group_size": recipe.trainer["num_generations"],
+    }
+    funcs, weights = build_reward_funcs(reward_spec)
 
     if int(os.environ.get("RANK", "0")) == 0:
         claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a))
@@ -345,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         mu=t.get("mu", 0.8),
         strict=t.get("strict", True),
         score_tolerance=t.get("score_tolerance", 0.5),
+        correctness=build_correctness(
+            reward_spec, t.get("correct", "tolerance"), score_tolerance=t.get("score_tolerance", 0.5)
+        ),
         outside_answer_weight=recipe.outside_answer_weight,
         rollout_engine=recipe.rollout_engine,
         rollout_compile=recipe.rollout_compile,

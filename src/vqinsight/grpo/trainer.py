@@ -35,8 +35,9 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import prepare_multimodal_messages
 
+from vqinsight.grpo.reward_funcs import Correctness
 from vqinsight.models.vision_attention import batch_vision_attention
-from vqinsight.rewards import is_correct, temporal_bonus
+from vqinsight.rewards import temporal_bonus
 
 logger = logging.getLogger(__name__)
 
@@ -368,10 +369,11 @@ def copy_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, media: Sequ
 
 @dataclass
 class TemporalRows:
-    """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (correct, total)."""
+    """Per local row: whether its prompt has a video, and its shuffled-frame rollouts (summed correctness values,
+    total)."""
 
     has_video: list[bool]
-    shuffled_correct: list[int]
+    shuffled_correct: list[float]
     shuffled_total: list[int]
 
 
@@ -563,6 +565,8 @@ class VideoGRPOTrainer(GRPOTrainer):
     * ``temporal_rollouts``: shuffled-frame rollouts per prompt (default ``G // 2``, the official code).
     * ``alpha`` / ``mu``: bonus and ratio of Eq. 4 (0.3 / 0.8); ``strict``: ``>`` (paper) or ``>=`` (official code).
     * ``score_tolerance``: a score answer is correct when within this many scale units (``rewards.is_correct``).
+    * ``correctness``: a ``reward_funcs.Correctness`` (the recipe's ``temporal.correct`` rule, e.g. the official
+      code's gate on mean accuracy rewards); None = the tolerance rule with ``score_tolerance``.
     * ``outside_answer_weight``: weight of the policy-gradient term on completion tokens outside the
       ``<answer>…</answer>`` content (1.0, the default, is standard GRPO, as in the paper). Below 1 the sequence's
       advantage is concentrated on the tokens that carry the verdict; the KL term and the loss normaliser are left
@@ -601,6 +605,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         mu: float = 0.8,
         strict: bool = True,
         score_tolerance: float = 0.5,
+        correctness: Correctness | None = None,
         outside_answer_weight: float = 1.0,
         rollout_engine: str = "hf",
         share_vision: bool = True,
@@ -638,6 +643,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.temporal and (not isinstance(self.temporal_rollouts, int) or self.temporal_rollouts < 1):
             raise ValueError(f"temporal_rollouts must be an integer >= 1, got {self.temporal_rollouts!r}")
         self.alpha, self.mu, self.strict, self.score_tolerance = float(alpha), float(mu), bool(strict), score_tolerance
+        self.correctness = correctness or Correctness("tolerance", score_tolerance=score_tolerance)
         if outside_answer_weight > 1:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {outside_answer_weight!r}")
         self.outside_answer_weight = float(outside_answer_weight)
@@ -885,7 +891,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         return self.num_generations if self.model.training else self.num_generations_eval
 
     def _temporal_rollouts(self, inputs: list[dict[str, Any]]) -> TemporalRows:
-        """Sample the shuffled-frame rollouts of every video prompt and score them with ``rewards.is_correct``.
+        """Sample the shuffled-frame rollouts of every video prompt and score them with ``self.correctness``.
 
         ``inputs`` hold each prompt G times (TRL's RepeatSampler); the k-th shuffled rollout of a group is drawn by
         the group's row with within-group index k % G, so a group split over processes still gets exactly
@@ -945,18 +951,16 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _score_shuffled(
         self, inputs: list[dict[str, Any]], videos: list[bool], rows: list[int], texts: list[str]
     ) -> TemporalRows:
-        """Each shuffled rollout's correctness (``rewards.is_correct``) summed onto the input row it belongs to."""
+        """Each shuffled rollout's correctness value (``self.correctness``) summed onto the input row it belongs to."""
         n = len(inputs)
-        correct, total = [0] * n, [0] * n
+        correct, total = [0.0] * n, [0] * n
         if rows:
             comps = [[{"role": "assistant", "content": t}] for t in texts]
             cols = {k: [inputs[i].get(k) for i in rows] for k in inputs[0] if k not in ("prompt", "task")}
             tasks = [inputs[i].get("task") for i in rows]
-            for i, ok in zip(
-                rows, is_correct(comps, tasks, score_tolerance=self.score_tolerance, **cols), strict=True
-            ):
+            for i, value in zip(rows, self.correctness(comps, task=tasks, **cols), strict=True):
                 total[i] += 1
-                correct[i] += int(ok)
+                correct[i] += float(value)
         return TemporalRows(videos, correct, total)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -991,7 +995,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         if state is None or len(state.has_video) != n:
             raise RuntimeError("temporal reward called without the shuffled rollouts of this batch")
         task = columns.pop("task", None)
-        ordered = is_correct(completions, task, score_tolerance=self.score_tolerance, **columns)
+        ordered = self.correctness(completions, task=task, **columns)
         local = torch.tensor(
             [
                 [float(o), float(v), float(c), float(t)]
@@ -1011,10 +1015,12 @@ class VideoGRPOTrainer(GRPOTrainer):
             block = table[start : start + group]
             if not bool(block[:, 1].any()):
                 continue
-            n_correct, n_total = int(block[:, 2].sum()), int(block[:, 3].sum())
+            n_correct, n_total = float(block[:, 2].sum()), int(block[:, 3].sum())
             flags = block[:, 0].tolist()
+            # the shuffled rollouts enter through their mean correctness value (the table holds per-row sums)
+            shuffled = [n_correct / n_total] * n_total if n_total else []
             bonus = temporal_bonus(
-                flags, [1] * n_correct + [0] * (n_total - n_correct), self.alpha, self.mu, self.strict
+                flags, shuffled, self.alpha, self.mu, self.strict, threshold=self.correctness.threshold
             )
             rewards[start : start + group] = bonus
             acc_ordered.append(sum(flags) / group)
