@@ -280,3 +280,16 @@ def test_load_manifest_errors_name_the_file(tmp_path):
     pl.DataFrame({"sample_id": ["a"]}).write_parquet(p)
     with pytest.raises(M.ManifestError, match="bad.parquet: missing column"):
         M.load_manifest(p)
+
+
+def test_parse_options_reach_the_parser_and_the_meta(generated, tmp_path, caplog):
+    raw = generated["lsvq"][0]
+    out = tmp_path / "lsvq.parquet"
+    args = ["--dataset", "lsvq", "--raw-dir", str(raw), "--out", str(out), "--quarantine", str(tmp_path / "q.csv")]
+    assert M.main([*args, "--no-media-check", "--options", '{"skip_invalid": []}']) == 0
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["skipped"] == {} and meta["config"]["options"] == {"skip_invalid": []}
+    assert meta["sources"] == ["LSVQ_whole_train.csv", "LSVQ_whole_test.csv", "LSVQ_whole_test_1080p.csv"]
+    assert pl.read_parquet(out).height == sum(SMALL["lsvq"].values())  # the is_valid=0 train row is kept
+    assert M.main([*args, "--no-media-check", "--options", '{"target": "gt_score_norm"}']) == 2
+    assert "datasets.lsvq.parse: unknown option(s) ['target']" in caplog.text

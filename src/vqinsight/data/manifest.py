@@ -175,11 +175,14 @@ def build(
     workers: int = 1,
     check: bool = True,
     options: dict[str, Any] | None = None,
+    sources: list[str] | None = None,
 ) -> tuple[pl.DataFrame, list[dict[str, Any]], dict[str, int]]:
     """Parse (with the dataset's parse `options`), check media, and return (manifest, quarantine entries, skipped
-    counts)."""
+    counts). The annotation files read (one per split where releases differ) are appended to `sources`."""
     get_dataset(dataset)
     parsed = parse(dataset, raw_dir, scale, options)
+    if sources is not None:
+        sources.extend(parsed.sources)
     quarantine = [
         {"sample_id": b.sample_id, "annotation_file": b.file, "row": b.row, "media_file": None, "reason": b.reason}
         for b in parsed.bad
@@ -239,13 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         options = json.loads(a.options)
         if not isinstance(options, dict):
             raise ValueError(f"--options must be a JSON object, got {a.options!r}")
+        sources: list[str] = []
         df, quarantine, skipped = build(
-            a.dataset, a.raw_dir, scale, a.reader, a.workers, not a.no_media_check, options
+            a.dataset, a.raw_dir, scale, a.reader, a.workers, not a.no_media_check, options, sources
         )
     except (ParseError, KeyError, ValueError) as e:
         log.error("%s", e)
         return 2
     atomic_write_text(a.quarantine, quarantine_csv(quarantine))
+    log.info("%s: read %s", a.dataset, ", ".join(sources))
     for reason, n in skipped.items():
         log.info("%s: skipped %d row(s) by design: %s", a.dataset, n, reason)
     if quarantine:
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         rows=df.height,
         quarantined=len(quarantine),
         skipped=skipped,
+        sources=sources,
         counts=_summary(df),
     )
     log.info("%s: %d rows -> %s (%s)", a.dataset, df.height, a.out, _summary(df))
