@@ -105,6 +105,7 @@ def test_recipe_fast_path_keys_are_checked_and_shipped_values_load(tmp_path):
         ("checkpoint_layers: 4\n", "checkpoint_layers needs trainer.gradient_checkpointing"),
         ("checkpoint_layers: -1\n", "checkpoint_layers must be >= 0"),
         ("checkpoint_layers: half\n", "checkpoint_layers must be an integer"),
+        ("temporal: {enabled: true, correct: any}\n", "temporal.correct"),
     ]
     for extra, key in bad:
         p.write_text(base + extra)

@@ -200,6 +200,20 @@ def test_official_recipe_end_to_end(acc: list, shuffled: list, official: float) 
     assert total == pytest.approx([official] * 4, abs=1e-6)
 
 
+def test_length_correct_rules() -> None:
+    # a correct (3.0) and a wrong (1.0) score answer of 400 tokens: Eq. 5 as printed rewards both
+    comps = [f"{T}<answer>3.0</answer>", f"{T}<answer>1.0</answer>"]
+    cols = {"task": ["video_score"] * 2, "gt_score": [3.0] * 2, "completion_ids": [[0] * 400] * 2}
+    for rule, expected in (("any", [0.1, 0.1]), ("tolerance", [0.1, 0.0]), ("reward", [0.1, 0.1])):  # 1/3 > 0.1
+        spec = {"score_variant": "relative", "length": {"correct": rule}, "group_size": 2}
+        (length,) = build_reward_funcs(spec)[0]
+        assert length(comps, **cols) == expected, rule
+    with pytest.raises(ValueError, match="correctness rule"):
+        build_reward_funcs({"length": {"correct": "maybe"}})
+    with pytest.raises(ValueError, match="temporal.correct"):
+        build_correctness({}, "any")
+
+
 def test_require_multiple_correct_counts_per_group() -> None:
     # two groups of 2: the first holds two correct completions, the second one; only the first earns the bonus
     spec = {**OFFICIAL_RECIPE, "group_size": 2}

@@ -5,10 +5,11 @@ to the wrapped function's name, so a ``__name__`` set on a partial is ignored (t
 ``rewards/score_reward/mean``). ``NamedReward`` is a module-level callable class with its own ``__name__`` instead:
 TRL logs ``rewards/<name>/mean`` and the object stays picklable.
 
-"Correct" (the temporal gate of Eq. 4 and the length reward of Eq. 5) has two rules (``Correctness``):
-``tolerance`` (the project's: a score within ``score_tolerance`` of the ground truth, the right verdict) and
+"Correct" (the temporal gate of Eq. 4 and the length reward of Eq. 5) has three rules (``Correctness``):
+``tolerance`` (the project's: a score within ``score_tolerance`` of the ground truth, the right verdict),
 ``reward`` (the official code's: the task's accuracy reward, ``TaskAccuracy``, exceeds 0.1, and the temporal gate
-compares mean accuracy rewards).
+compares mean accuracy rewards) and, for the length reward only, ``any`` (Eq. 5 as printed: no correctness
+condition).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ OPTIONS: dict[str, set[str]] = {
     "choice": {"variant", "gt_text"},
     "length": {"gamma", "l_min", "l_max", "inclusive", "score_tolerance", "correct", "require_multiple_correct"},
 }
-CORRECT_RULES: tuple[str, ...] = ("tolerance", "reward")
+CORRECT_RULES: tuple[str, ...] = ("tolerance", "reward", "any")
 
 
 class NamedReward:
@@ -101,6 +102,7 @@ class Correctness:
 
     ``tolerance``: 1.0 / 0.0 from ``rewards.is_correct`` (scores within ``score_tolerance``, off-scale scores
     unparsed), threshold 0.5. ``reward``: the accuracy reward itself (``TaskAccuracy``), threshold 0.1 (official).
+    ``any``: every completion counts as correct (1.0).
     """
 
     def __init__(
@@ -123,6 +125,8 @@ class Correctness:
     def __call__(self, completions: Sequence[Any], task: Any = None, **columns: Any) -> list[float]:
         if self.rule == "reward":
             return self.accuracy(completions, task=task, **columns)  # type: ignore[misc]
+        if self.rule == "any":
+            return [1.0] * len(completions)
         flags = is_correct(completions, task, score_tolerance=self.score_tolerance, scale=self.scale, **columns)
         return [float(ok) for ok in flags]
 
@@ -253,7 +257,10 @@ def build_accuracy(spec: Mapping[str, Any]) -> TaskAccuracy:
 
 
 def build_correctness(spec: Mapping[str, Any], rule: str = "tolerance", score_tolerance: float = 0.5) -> Correctness:
-    """The correctness of the temporal gate (recipe ``temporal.correct``) over the recipe's rewards and scale."""
+    """The correctness of the temporal gate (recipe ``temporal.correct``: ``tolerance`` or ``reward``) over the
+    recipe's rewards and scale."""
+    if rule not in ("tolerance", "reward"):
+        raise ValueError(f"temporal.correct must be 'tolerance' or 'reward', got {rule!r}")
     shared = _shared(spec)
     scale = (float(shared["score_min"]), float(shared["score_max"]))
     return Correctness(rule, build_accuracy(spec) if rule == "reward" else None, score_tolerance, scale)

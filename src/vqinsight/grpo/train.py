@@ -98,6 +98,8 @@ class Recipe:
         unknown = set(self.temporal) - {"enabled", "rollouts", "alpha", "mu", "strict", "score_tolerance", "correct"}
         if unknown:
             raise ValueError(f"unknown temporal key(s) {sorted(unknown)}")
+        if self.temporal.get("correct", "tolerance") not in ("tolerance", "reward"):
+            raise ValueError(f"temporal.correct must be 'tolerance' or 'reward', got {self.temporal['correct']!r}")
 
     @classmethod
     def load(cls, path: str | Path, override: dict[str, Any] | None = None) -> Recipe:
