@@ -229,3 +229,18 @@ def test_require_multiple_correct_counts_per_group() -> None:
 def test_deliberate_deviations(reward: str, completion: str, gt: float, official: float, ours: float) -> None:
     assert official != ours
     assert score_reward([completion], gt_score=[gt], variant="relative") == [ours]
+
+
+def test_deviation_each_row_is_scored_by_its_own_task() -> None:
+    # officially [0.889, 0.0]: the whole batch is scored as the first row's task (regression)
+    accuracy = build_correctness(OFFICIAL_RECIPE, "reward").accuracy
+    comps = [f"{T}<answer>4.0</answer>", f"{T}<answer>A</answer>"]
+    out = accuracy(comps, task=["video_score", "comparison"], gt_score=[4.5, None], gt_choice=[None, "A"])
+    assert out == [pytest.approx(0.8888888886913581, abs=1e-12), 1.0]
+
+
+def test_deviation_gate_in_float64() -> None:
+    # officially +0.3 each: 0.3 >= 0.8 * 0.375 holds in float32, not in float64 (0.30000000000000004)
+    assert (
+        temporal_bonus([0.3] * 4, [0.375] * 2, 0.3, 0.8, strict=False, threshold=OFFICIAL_CORRECT_REWARD) == [0.0] * 4
+    )
