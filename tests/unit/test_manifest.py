@@ -293,3 +293,19 @@ def test_parse_options_reach_the_parser_and_the_meta(generated, tmp_path, caplog
     assert pl.read_parquet(out).height == sum(SMALL["lsvq"].values())  # the is_valid=0 train row is kept
     assert M.main([*args, "--no-media-check", "--options", '{"target": "gt_score_norm"}']) == 2
     assert "datasets.lsvq.parse: unknown option(s) ['target']" in caplog.text
+
+
+def test_registry_native_files_list_every_release_the_parsers_read():
+    from vqinsight.data import pair_parsers as P
+    from vqinsight.data import score_parsers as S
+    from vqinsight.data.registry import REGISTRY
+
+    def alternatives(key: str) -> set[str]:
+        return {alt for entry in REGISTRY[key].native_files for alt in entry.split("|")}
+
+    assert {n for c in S.KONIQ_SOURCES.values() for n, _ in c} <= alternatives("koniq")
+    assert {n for c in S.LSVQ_SOURCES.values() for n in c} <= alternatives("lsvq")
+    assert set(S.KONVID_SOURCES) <= alternatives("konvid")
+    assert set(S.LIVEVQC_SOURCES) <= alternatives("livevqc")
+    assert set(S.LGVQ_SOURCES) <= alternatives("lgvq")
+    assert set(P.QUESTION_FILES) <= alternatives("visionreward")
