@@ -12,6 +12,7 @@ instead of raising (scipy returns nan too, but with a warning per call).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "accuracy_without_ties",
     "krcc",
     "logistic4",
+    "logistic4_starts",
     "pairwise_accuracy_table",
     "tie_accuracy_curve",
     "plcc",
@@ -33,7 +35,7 @@ __all__ = [
     "tie_calibrated_accuracy",
 ]
 
-_TINY = 1e-12  # floor for |b4| in the logistic, so the slope parameter can never divide by zero
+_TINY = 1e-12  # floor for |b4| in the logistic (sign kept), so the slope parameter can never divide by zero
 _MIN_FIT_POINTS = 4  # the 4-parameter logistic needs at least as many points as parameters
 
 
@@ -93,40 +95,57 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
-    """VQEG 4-parameter logistic ``(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2`` (overflow-safe).
+    """VQEG 4-parameter logistic ``(b1 - b2) / (1 + exp(-(x - b3) / b4)) + b2`` (overflow-safe).
+
+    The form of DeQA-Score's ``src/evaluate/cal_plcc_srcc.py`` (``logistic_4params``), with a signed ``b4``: a
+    negative ``b4`` makes the curve decreasing.
 
     Args:
         x: Input values (model predictions).
-        b1: Upper asymptote.
-        b2: Lower asymptote.
+        b1: The asymptote as ``(x - b3) / b4`` grows.
+        b2: The other asymptote.
         b3: Midpoint.
-        b4: Slope scale; its absolute value is used, floored at a tiny positive number.
+        b4: Slope scale; its magnitude is floored at a tiny positive number (sign kept), never divided by zero.
 
     Returns:
         The mapped values.
     """
-    scale = max(abs(float(b4)), _TINY)
+    scale = math.copysign(max(abs(float(b4)), _TINY), float(b4))
     return (b1 - b2) * scipy.special.expit((np.asarray(x, dtype=np.float64) - b3) / scale) + b2
 
 
+def logistic4_starts(pred: np.ndarray, mos: np.ndarray) -> list[list[float]]:
+    """Starting points of the fit: DeQA-Score's ``[max(mos), min(mos), mean(pred), std(pred) / 4]`` first, then the
+    midpoint at the 25th / 75th percentile of ``pred``, the slope scale ``std(pred)`` and each slope's negative."""
+    spread = float(np.std(pred)) or 1e-6
+    mids = [float(np.mean(pred)), *(float(q) for q in np.percentile(pred, [25.0, 75.0]))]
+    hi, lo = float(np.max(mos)), float(np.min(mos))
+    return [[hi, lo, mid, sign * spread * k] for sign in (1.0, -1.0) for k in (0.25, 1.0) for mid in mids]
+
+
 def _fit_logistic4(pred: np.ndarray, mos: np.ndarray) -> np.ndarray | None:
-    """Fit :func:`logistic4` mapping ``pred`` to ``mos``; None if the fit fails or is non-finite."""
-    b4 = float(np.std(pred)) / 4.0
-    if not b4 > 0.0:
-        b4 = 1e-6
-    p0 = [float(np.max(mos)), float(np.min(mos)), float(np.mean(pred)), b4]
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
-            popt, _ = scipy.optimize.curve_fit(logistic4, pred, mos, p0=p0, maxfev=10000)
-    except (RuntimeError, ValueError) as e:
-        logger.warning("logistic4 fit failed (%s); falling back to linear PLCC", e)
+    """Fit :func:`logistic4` mapping ``pred`` to ``mos`` from every start of :func:`logistic4_starts` and keep the
+    fit with the lowest squared error; None if no fit succeeds with finite values."""
+    best: tuple[float, np.ndarray] | None = None
+    errors = []
+    for p0 in logistic4_starts(pred, mos):
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+                popt, _ = scipy.optimize.curve_fit(logistic4, pred, mos, p0=p0, maxfev=10000)
+        except (RuntimeError, ValueError) as e:
+            errors.append(str(e))
+            continue
+        fitted = logistic4(pred, *popt)
+        if not (np.all(np.isfinite(popt)) and np.all(np.isfinite(fitted))):
+            continue
+        sse = float(np.sum((fitted - mos) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, fitted)
+    if best is None:
+        logger.warning("logistic4 fit failed from every start (%s); falling back to linear PLCC", "; ".join(errors))
         return None
-    fitted = logistic4(pred, *popt)
-    if not (np.all(np.isfinite(popt)) and np.all(np.isfinite(fitted))):
-        logger.warning("logistic4 fit gave non-finite values; falling back to linear PLCC")
-        return None
-    return fitted
+    return best[1]
 
 
 def plcc(pred: object, mos: object, fit: Literal["none", "logistic4"] = "none") -> float:
@@ -136,9 +155,10 @@ def plcc(pred: object, mos: object, fit: Literal["none", "logistic4"] = "none") 
         pred: Model scores, 1-D.
         mos: Mean opinion scores, 1-D, same length.
         fit: ``"none"`` for raw PLCC; ``"logistic4"`` to first map ``pred`` to ``mos`` with the VQEG 4-parameter
-            logistic (initial guess ``[max(mos), min(mos), mean(pred), std(pred)/4]``, ``maxfev=10000``), as in
-            DeQA-Score. With fewer than 4 points, or if the fit fails or the fitted values are constant, a warning
-            is logged and the linear PLCC is returned.
+            logistic (:func:`logistic4`, DeQA-Score's form and ``maxfev=10000``), fitted from the 12 starts of
+            :func:`logistic4_starts`, the least-squares best kept: one start (DeQA's) can stop in a poor local
+            optimum on ill-conditioned data. The fitted curve may be decreasing. With fewer than 4 points, or if
+            the fit fails or the fitted values are constant, a warning is logged and the linear PLCC is returned.
 
     Returns:
         The correlation, or nan if either input is constant.
