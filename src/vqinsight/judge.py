@@ -57,7 +57,9 @@ FORMAT_CANDIDATES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
 }
 
 # Prompts of the officially released VQ-Insight checkpoints (their demo scripts; anchors-mission.md §1.3): used to
-# evaluate those checkpoints as they were trained. Scores there are on 0-100 and are mapped onto the run's scale.
+# evaluate those checkpoints as they were trained. Their scores are on 0-100 (multi-dimension keys spatial, temporal,
+# consistency); a record keeps that answer (`pred_released`) and maps it linearly onto the run's scale (`pred`,
+# `scale_map`): RELEASE_SCALE -> data.score_scale.
 RELEASE_SCORE = "Please rate the quality of this video. The range of quality score is between 0 and 100."
 RELEASE_MULTIDIM = (
     "This is an AIGC-generated video.Rate this video from three dimensions including spatial quality, temporal "
@@ -220,6 +222,19 @@ def parse_prediction(task: str, completion: str, fmt: str, scale: tuple[float, f
     choice = parse_choice(answer)
     valid = ("A", "B") if task == "comparison" else ("yes", "no")
     return answer, choice if choice in valid else None
+
+
+def released_prediction(task: str, completion: str) -> Any:
+    """A ``release``-format prediction on the official checkpoints' own scale (0-100) with their own keys (multi-
+    dimension: ``spatial``, ``temporal``, ``consistency``); None when unparsable or off that scale."""
+    answer = extract_answer(completion_text(completion))
+    if task in ("image_score", "video_score"):
+        return parse_score(answer, RELEASE_SCALE)
+    if task == "multidim_score":
+        dims = parse_dimensions(answer, RELEASE_SCALE)
+        return None if dims is None else {"spatial": dims["spatial"], "temporal": dims["temporal"],
+                                          "consistency": dims["alignment"]}  # fmt: skip
+    return None
 
 
 def answer_prefix(completion: str) -> str:
@@ -675,6 +690,10 @@ class Judge:
                     "gt": _gt(it.row),
                 }
             )
+            if self.fmt == "release" and task in ("video_score", "multidim_score"):
+                # the official checkpoints' own 0-100 answer, and the linear map that gave `pred`
+                records[-1]["pred_released"] = released_prediction(task, comp)
+                records[-1]["scale_map"] = {"from": list(RELEASE_SCALE), "to": list(self.scale)}
         if task in CANDIDATES:
             verdicts = FORMAT_CANDIDATES.get(self.fmt, {}).get(task, CANDIDATES[task])
             probs = self.candidate_probs(rows, [answer_prefix(c) for c in completions], verdicts)

@@ -284,6 +284,24 @@ def test_candidate_probs_match_a_direct_forward(world) -> None:
     assert probs[0, 0] == pytest.approx(p_a, rel=1e-4)
 
 
+def test_release_records_keep_the_released_scale(world, monkeypatch) -> None:
+    """The official checkpoints answer on 0-100 (keys spatial / temporal / consistency): a record keeps that answer
+    and the linear map onto the run's scale that gave `pred`."""
+    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.models.load import load_model_and_processor
+
+    model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
+    loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
+    rows = to_records(select_rows([world["score"]], ["video_score"], "test"))[:2]
+    judge = J.Judge(model, proc, loader, fmt="release", scale=(1.0, 5.0), max_new_tokens=4)
+    monkeypatch.setattr(judge, "generate", lambda rows, **kw: ["<answer>75</answer>", "<answer>250</answer>"])
+    recs = judge.judge([J.Item(r["sample_id"], r, None) for r in rows])
+    assert [(r["pred_released"], r["pred"]) for r in recs] == [(75.0, 4.0), (None, None)]  # 250: off 0-100
+    assert recs[0]["scale_map"] == {"from": [0.0, 100.0], "to": [1.0, 5.0]}
+    comp = '<answer>{"spatial": 50, "temporal": 100, "consistency": 0}</answer>'
+    assert J.released_prediction("multidim_score", comp) == {"spatial": 50.0, "temporal": 100.0, "consistency": 0.0}
+
+
 def test_judge_cli_writes_both_orders_and_resumes(world, tmp_path: Path) -> None:
     out = tmp_path / "pred" / "comp.jsonl"
     assert _judge(world, "comp", "comparison", out) == 0
