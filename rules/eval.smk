@@ -27,8 +27,11 @@ if any(v["type"] == "sft" for v in BASELINES.values()):
         threads: GRPO["threads"]
         resources:
             gpu=GRPO["gpus"],
+            # as for GRPO: each process holds the 7B checkpoint in host memory before ZeRO-3 shards it
             mem_mb=max(16000, 64000 * GRPO["gpus"]),
-            runtime=24 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
+            # SFT has no rollouts: 3 epochs take a fraction of GRPO's time; per attempt, a retry resumes from the
+            # newest complete checkpoint
+            runtime=24 * 60,
         params:
             launch=lambda wildcards, resources: launcher(wildcards, resources).replace(
                 "vqinsight.grpo", "vqinsight.baselines.sft"
@@ -56,6 +59,9 @@ if any(v.get("model") == "tiny" for v in BASELINES.values()):
             f"{LOGS}/eval/tiny_clip.log",
         conda:
             "../environment.yml"
+        resources:
+            mem_mb=2000,  # demo only: a random CLIP of a few MB
+            runtime=10,
         params:
             seed=config["seed"],
         shell:
@@ -80,8 +86,12 @@ rule judge_predict:
     threads: GRPO["threads"]
     resources:
         gpu=min(1, GRPO["gpus"]),
+        # the 7B checkpoint is loaded into host memory (15 GB bf16) on its way to the GPU, and the frame decoding
+        # workers hold a batch of 16-frame videos
         mem_mb=64000 if GRPO["gpus"] else 8000,
-        runtime=lambda wildcards, attempt: 12 * 60 * attempt,  # no checkpoints: attempt n gets n times the time
+        # up to 7k videos (LSVQ test) with reasoning of up to 1,024 tokens; rows already written are skipped on a
+        # retry (.partial), and attempt n gets n times the time
+        runtime=lambda wildcards, attempt: 12 * 60 * attempt,
     params:
         model=judge_model,
         judge=judge_args,
@@ -107,8 +117,8 @@ rule clip_predict:
         "../environment.yml"
     resources:
         gpu=min(1, GRPO["gpus"]),
-        mem_mb=16000,
-        runtime=lambda wildcards, attempt: 4 * 60 * attempt,  # no checkpoints: attempt n gets n times the time
+        mem_mb=16000,  # CLIP ViT-B/16 (0.6 GB) and the decoded frames of a batch
+        runtime=lambda wildcards, attempt: 4 * 60 * attempt,  # one forward per frame; attempt n gets n times
     params:
         model=judge_model,
         metric=lambda wildcards: SYSTEMS[wildcards.system]["type"],
@@ -133,6 +143,9 @@ rule eval_metrics:
         f"{LOGS}/eval/metrics_{{system}}_{{benchmark}}.log",
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=4000,  # one predictions file (at most ~14k rows) and bootstrap resamples of its metrics
+        runtime=60,
     params:
         args=metrics_args,
     shell:

@@ -11,6 +11,9 @@ if BUILD_TINY:
             f"{LOGS}/grpo/tiny_model.log",
         conda:
             "../environment.yml"
+        resources:
+            mem_mb=2000,  # demo only: a random model of a few MB
+            runtime=10,
         params:
             seed=config["model"]["tiny"].get("seed", 0),
             hidden=config["model"]["tiny"].get("hidden", 64),
@@ -39,6 +42,9 @@ if BUILD_TINY:
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
+        resources:
+            mem_mb=4000,  # demo only: SFT of the tiny model on the CPU, a few hundred MB
+            runtime=60,
         params:
             tasks=" ".join(config["model"]["warm_start"]["tasks"]),
             steps=config["model"]["warm_start"]["steps"],
@@ -72,8 +78,12 @@ rule grpo_stage1:
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],
+        # every process loads the 7B checkpoint in bf16 into host memory (15 GB) before ZeRO-3 shards it, plus
+        # its data workers' decoded frames: 64 GB per GPU of the job
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
-        runtime=48 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
+        # KonIQ's 7k images x 3 epochs at 16 prompts per step is ~1,300 steps (tens of s each on 8 GPUs); per attempt,
+        # a retry resumes from the newest complete checkpoint
+        runtime=48 * 60,
     params:
         launch=launcher,
         base=config["model"]["base"],
@@ -104,6 +114,9 @@ if "format_warm_start" in GRPO["stage2"]:
         conda:
             "../environment.yml"
         threads: GRPO["threads"]
+        resources:
+            mem_mb=4000,  # a format-only SFT warm start, configured for the tiny demo model only
+            runtime=60,
         params:
             start=stage2_start,
             tasks=stage2_tasks,
@@ -140,8 +153,12 @@ rule grpo_stage2:
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],
+        # every process loads the 7B checkpoint in bf16 into host memory (15 GB) before ZeRO-3 shards it, plus
+        # its data workers' decoded frames: 64 GB per GPU of the job
         mem_mb=max(16000, 64000 * GRPO["gpus"]),
-        runtime=72 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
+        # LSVQ's 28k training videos x 3 epochs at 16 prompts per step is ~5,000 steps of 16-frame rollouts (26 s per
+        # step measured on one H100, docs/PERFORMANCE.md); per attempt, a retry resumes from the newest checkpoint
+        runtime=72 * 60,
     params:
         launch=launcher,
         init=stage2_init,

@@ -25,6 +25,9 @@ if S3_TINY:
             f"{LOGS}/stage3/t2v_base.log",
         conda:
             "../environment.yml"
+        resources:
+            mem_mb=2000,  # demo only: a random generator of a few MB
+            runtime=10,
         params:
             seed=S3["generator"]["tiny"].get("seed", 0),
             frames=S3["generator"]["tiny"].get("frames", 8),
@@ -46,6 +49,11 @@ else:
             f"{LOGS}/stage3/t2v_base.log",
         conda:
             "../environment.yml"
+        resources:
+            # float32 on the CPU: the teacher UNet and the student built from it (1.4 B parameters, 5.7 GB each),
+            # the CLIP text encoder (1.4 GB) and VAE, the LoRA's 1,150 tensors, and the safetensors written out
+            mem_mb=32000,
+            runtime=60,  # loading, one merge pass over 575 layers and writing ~7 GB: minutes
         params:
             base=S3["generator"]["base"],
             lora=S3["generator"]["lora"],
@@ -66,6 +74,9 @@ rule stage3_prompts:
     priority: PRIORITY_STAGE3  # the rounds' first job: at 0 it waited behind the evaluation jobs
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=16000,  # reads VidProM's manifest (up to 1.7M prompts) to draw 5k + 200 of them
+        runtime=30,
     params:
         n_train=S3["prompts"]["train"],
         n_heldout=S3["prompts"]["heldout"],
@@ -94,7 +105,9 @@ rule t2v_sample:
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
-        mem_mb=32000 if S3_GPUS else 4000,
+        mem_mb=32000 if S3_GPUS else 4000,  # the generator (7 GB float32) loaded on the host, a batch's frames
+        # a shard of the paper run: 100 prompts x 10 videos at ~0.3 s each (H100, README "Measured") is minutes;
+        # 8 h leaves room for slower GPUs and queueing of the VBench suite's shards. Attempt n gets n times the time
         runtime=lambda wildcards, attempt: 8 * 60 * attempt,
     params:
         n=lambda wc: S3_N[wc.split],
@@ -120,6 +133,9 @@ rule stage3_pair_manifest:
     priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=8000,  # 5k prompts x C(10,2) = 225k pairs, both orders: a 450k-row manifest
+        runtime=60,
     shell:
         "python -m vqinsight.stage3.pairs manifest --index {input.index:q} --out {output:q} > {log:q} 2>&1"
 
@@ -140,8 +156,10 @@ rule stage3_judge:
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
-        mem_mb=64000 if S3_GPUS else 8000,
-        runtime=lambda wildcards, attempt: 12 * 60 * attempt,  # resumable; attempt n gets n times the time
+        mem_mb=64000 if S3_GPUS else 8000,  # as judge_predict: the 7B judge passes through host memory
+        # 450k pair judgments with reasoning on one GPU take days: a retry continues from the rows already written
+        # (.partial), and attempt n gets n times the time
+        runtime=lambda wildcards, attempt: 12 * 60 * attempt,
     params:
         judge=s3_judge_args,
         media=media_args,
@@ -164,6 +182,9 @@ rule stage3_select:
     priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=8000,  # the 450k verdicts of a round, counted per prompt
+        runtime=60,
     params:
         mode=S3.get("pairing", "round_robin"),
     shell:
@@ -187,8 +208,11 @@ rule dpo_train:
     threads: GRPO["threads"]
     resources:
         gpu=S3_GPUS,
+        # each process holds the float32 generator (7 GB) and, for full finetuning, its frozen reference copy
         mem_mb=max(8000, 64000 * S3_GPUS),
-        runtime=24 * 60,  # per attempt; a retry resumes from the newest complete checkpoint
+        # 1,560 steps (paper_dpo.yaml) at ~0.6 s per pair and step (H100) are hours; per attempt, a retry resumes
+        # from the newest complete checkpoint
+        runtime=24 * 60,
     params:
         launch=dpo_launcher,
         videodpo=lambda wc: f"--videodpo {shlex.quote(S3['videodpo']['meta'])}" if wc.dpo_gen == "videodpo" else "",
@@ -213,6 +237,9 @@ rule stage3_refine_data:
     priority: PRIORITY_STAGE3  # each round waits for the previous one: the demo's critical path
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=8000,  # a round's pairs, sample index and verdicts (450k rows)
+        runtime=60,
     params:
         seed=config["seed"],
     shell:
@@ -241,7 +268,9 @@ rule stage3_refine_judge:
     threads: GRPO["threads"]
     resources:
         gpu=GRPO["gpus"],
-        mem_mb=max(16000, 64000 * GRPO["gpus"]),
+        mem_mb=max(16000, 64000 * GRPO["gpus"]),  # as grpo_stage2: the 7B judge in host memory per process
+        # stage-2 GRPO for one epoch (stage3.refine.recipe) on the refine pairs plus VisionReward; per attempt, a
+        # retry resumes from the newest complete checkpoint
         runtime=72 * 60,
     params:
         launch=launcher,
@@ -274,6 +303,9 @@ if VBENCH["mode"] == "demo":
             f"{LOGS}/stage3/vbench_{{gen}}.log",
         conda:
             "../environment.yml"
+        resources:
+            mem_mb=4000,  # demo only: one dimension computed on the held-out videos' frames
+            runtime=30,
         shell:
             "python -m vqinsight.stage3.vbench demo --index {input.index:q} --out {output:q} "
             "--generator {wildcards.gen} > {log:q} 2>&1"
@@ -288,6 +320,9 @@ else:
             f"{LOGS}/stage3/vbench_prompts.log",
         conda:
             "../environment.yml"
+        resources:
+            mem_mb=2000,  # VBench's prompt suite: under a thousand prompts
+            runtime=30,
         params:
             full_info=f"--full-info {shlex.quote(VBENCH['full_info'])}" if VBENCH.get("full_info") else "",
         shell:
@@ -306,7 +341,8 @@ else:
         threads: 8
         resources:
             gpu=1,
-            mem_mb=64000,
+            mem_mb=64000,  # VBench loads a model per dimension (up to ViT-L and GRiT detectors) and every video
+            # 16 dimensions over the suite's ~4,700 videos per generator; attempt n gets n times the time
             runtime=lambda wildcards, attempt: 24 * 60 * attempt,
         params:
             dims=" ".join(VBENCH.get("dimensions", [])),
@@ -327,6 +363,9 @@ rule stage3_winrate_manifest:
         f"{LOGS}/stage3/winrate_manifest_{{gen}}.log",
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=4000,  # 200 held-out prompts x 2 samples against G_0's
+        runtime=30,
     shell:
         "python -m vqinsight.stage3.pairs winrate-manifest --a {input.a:q} --b {input.b:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -345,8 +384,8 @@ rule stage3_winrate_judge:
     threads: GRPO["threads"]
     resources:
         gpu=min(1, S3_GPUS),
-        mem_mb=64000 if S3_GPUS else 8000,
-        runtime=lambda wildcards, attempt: 12 * 60 * attempt,
+        mem_mb=64000 if S3_GPUS else 8000,  # as judge_predict: the 7B judge passes through host memory
+        runtime=lambda wildcards, attempt: 12 * 60 * attempt,  # resumable (.partial); attempt n gets n times
     params:
         judge=s3_judge_args,
         media=media_args,
@@ -367,6 +406,9 @@ rule stage3_eval:
         f"{LOGS}/stage3/eval_{{gen}}.log",
     conda:
         "../environment.yml"
+    resources:
+        mem_mb=4000,  # a VBench summary and a few hundred verdicts, bootstrapped
+        runtime=30,
     params:
         seed=config["seed"],
         predictions=lambda wc, input: f"--predictions {shlex.quote(str(input.winrate))}" if input.winrate else "",
