@@ -28,12 +28,29 @@ PACKAGES = (
 )
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it (Linux /proc), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+    """Write to a temporary file in the same directory, fsync, then rename over `path`.
+
+    The file gets the mode of an ordinary new file (0666 minus the umask: 0644 under the usual 022), not mkstemp's
+    private 0600, so group members on shared storage can read the results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
