@@ -23,8 +23,17 @@ RAW = config["raw_dir"]
 RESULTS = config["results_dir"]
 LOGS = f"logs/{RUN}"
 DATASETS = [k for k, v in config["datasets"].items() if v.get("enabled", True)]
+
+
+def repo_file(path):
+    """A file of the repository (code, recipe, accelerate config) as jobs and Snakemake's records name it: relative
+    to the working directory, so a project moved or cloned elsewhere with its results (the same relative layout)
+    plans nothing to do. A path the user gives as absolute stays absolute."""
+    return path if os.path.isabs(path) else os.path.relpath(Path(workflow.basedir) / path)
+
+
 # Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
-SRC = Path(workflow.basedir) / "src" / "vqinsight"
+SRC = Path(repo_file("src/vqinsight"))
 DATA_CODE = [
     str(SRC / "data" / f)
     for f in ("registry.py", "parsers.py", "rows.py", "score_parsers.py", "pair_parsers.py", "manifest.py")
@@ -91,11 +100,6 @@ def preflight_models(wildcards=None):
 GRPO = config["grpo"]
 
 
-def repo_file(path):
-    """Recipes and accelerate configs named relative to the repository, wherever the working directory is."""
-    return path if os.path.isabs(path) else str(Path(workflow.basedir) / path)
-
-
 STAGE1_RECIPE = repo_file(GRPO["stage1"]["recipe"])
 STAGE2_RECIPE = repo_file(GRPO["stage2"]["recipe"])
 TASK_MODELS = list(GRPO["stage2"]["task_models"])
@@ -117,7 +121,10 @@ def launcher(wildcards, resources):
     """`accelerate launch` with one process per allocated GPU, or plain python on the CPU."""
     if resources.gpu == 0:
         return "python -m vqinsight.grpo"
-    return f"accelerate launch --config_file {GRPO['accelerate']} --num_processes {resources.gpu} " "-m vqinsight.grpo"
+    return (
+        f"accelerate launch --config_file {shlex.quote(repo_file(GRPO['accelerate']))} "
+        f"--num_processes {resources.gpu} -m vqinsight.grpo"
+    )
 
 
 def manifest_files(datasets):

@@ -101,7 +101,8 @@ def dpo_inputs(wildcards):
 def dpo_launcher(wildcards, resources):
     if resources.gpu == 0:
         return "python -m vqinsight.dpo.train"
-    return f"accelerate launch --config_file {S3['dpo'].get('accelerate', GRPO['accelerate'])} --num_processes {resources.gpu} -m vqinsight.dpo.train"
+    accelerate = repo_file(S3["dpo"].get("accelerate", GRPO["accelerate"]))
+    return f"accelerate launch --config_file {shlex.quote(accelerate)} --num_processes {resources.gpu} -m vqinsight.dpo.train"
 
 
 def refine_inputs(wildcards):
