@@ -772,6 +772,62 @@ def load_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def open_judge(
+    model_dir: str,
+    spec: Any,
+    *,
+    fmt: str = "vqinsight",
+    style: str = "full",
+    scale: tuple[float, float] = (1.0, 5.0),
+    max_new_tokens: int = 256,
+    engine: str = "static",
+    cache_items: int = 64,
+    compile: bool | None = None,
+    margin_from_cache: bool | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    vllm: tuple[Any, Any, Any] | None = None,
+) -> Judge:
+    """A ready ``Judge`` for a model directory (or hub id) and a ``grpo.data.MediaSpec``: weights on the GPU in
+    bfloat16 when there is one, else float32 on the CPU; the processor's pixel budgets are the spec's. This is the
+    one loader behind ``python -m vqinsight.judge`` (the Snakemake rules), ``vqinsight judge`` and ``vqinsight
+    serve``. ``vllm``: (None, processor, VLLMJudgeEngine) from ``_vllm_engine`` for engine "vllm"."""
+    import torch
+
+    from .grpo.data import MediaLoader
+    from .models.load import load_model_and_processor
+
+    if vllm is not None:
+        model, processor, engine_obj = vllm
+    else:
+        engine_obj = None
+        cuda = torch.cuda.is_available()
+        hi = spec.image_max_pixels or spec.max_pixels
+        model, processor = load_model_and_processor(
+            model_dir,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype if dtype != "auto" else ("bfloat16" if cuda else "float32"),
+            device_map="cuda" if cuda else None,
+            image_pixels=(spec.min_pixels, hi),
+            video_pixels=(spec.min_pixels, spec.max_pixels),
+        )
+        model.eval()
+    return Judge(
+        model,
+        processor,
+        MediaLoader(spec),
+        fmt=fmt,
+        style=style,
+        scale=scale,
+        max_new_tokens=max_new_tokens,
+        engine=engine,
+        cache_items=cache_items,
+        compile=compile,
+        margin_from_cache=margin_from_cache,
+        vllm=engine_obj,
+    )
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -869,9 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from .grpo.common import media_spec, processor_pixels, seed_everything
-    from .grpo.data import MediaLoader, select_rows, to_records
-    from .models.load import load_model_and_processor
+    from .grpo.common import media_spec, seed_everything
+    from .grpo.data import select_rows, to_records
     from .provenance import write_meta
 
     if a.threads:
@@ -898,35 +953,26 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elif todo:
         engine = None
-        dtype = a.dtype if a.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    if todo:
         try:
-            model, processor = load_model_and_processor(
+            judge = open_judge(
                 a.model,
+                media_spec(a),
+                fmt=a.format,
+                style=a.style,
+                scale=scale,
+                max_new_tokens=a.max_new_tokens,
+                engine=a.engine,
+                cache_items=a.vision_cache,
+                compile=a.compile,
+                margin_from_cache=a.margin_from_cache,
+                dtype=a.dtype,
                 trust_remote_code=a.trust_remote_code,
-                dtype=dtype,
-                device_map="cuda" if torch.cuda.is_available() else None,
-                **processor_pixels(a),
+                vllm=(model, processor, engine) if engine is not None else None,
             )
         except (FileNotFoundError, OSError) as e:
             log.error("%s", e)
             return 2
-    if todo:
-        if model is not None:
-            model.eval()
-        judge = Judge(
-            model,
-            processor,
-            MediaLoader(media_spec(a)),
-            fmt=a.format,
-            style=a.style,
-            scale=scale,
-            max_new_tokens=a.max_new_tokens,
-            engine=a.engine,
-            cache_items=a.vision_cache,
-            compile=a.compile,
-            margin_from_cache=a.margin_from_cache,
-            vllm=engine,
-        )
         with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
             for s in range(0, len(todo), a.batch_size):
                 batch = todo[s : s + a.batch_size]
