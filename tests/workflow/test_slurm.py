@@ -2,7 +2,8 @@
 
 Both runs use the test profile tests/slurm/profile (the keys of the cluster profile slurm/config.yaml, with the local
 cluster's values) in a scratch working directory:
-- a slice of the demo DAG (download + manifest of KonIQ, and tiny_model made a GPU job by the profile);
+- a slice of the demo DAG (download + manifest of KonIQ, tiny_model made a GPU job by the profile, and a stage-3
+  sampling shard, a GPU job by its rule);
 - tests/slurm/flaky.smk: a rule that fails once and is retried, the training rules' warning signal, a local rule.
 
 Needs root (apt install, daemons); skipped where that or apt is missing. The cluster is stopped at the end (also
@@ -124,29 +125,41 @@ def _sbatch_call(out: str, rule: str) -> str:
 
 
 def test_demo_slice_runs_as_slurm_jobs_with_a_gpu_job(cluster, tmp_path):
-    targets = ["results/demo/manifests/koniq.parquet", "results/demo/models/tiny"]
+    """A slice of the demo DAG with two GPU jobs: tiny_model (a GPU job only through the test profile's
+    set-resources) and a stage-3 sampling shard (gpu from the rule itself, with stage3.gpus: 1). No partition is
+    named anywhere: the plugin selects it from the profile's partitions.yaml."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["stage3"]["gpus"] = 1
+    (tmp_path / "demo_gpu.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    sample = "results/demo/stage3/samples/g0/heldout/shard0/index.jsonl"
+    targets = ["results/demo/manifests/koniq.parquet", "results/demo/models/tiny", sample]
     # targets before --configfile, which takes every argument after it
     p, run_id, since = _snakemake(
-        tmp_path, "-s", str(ROOT / "Snakefile"), *targets, "--configfile", str(ROOT / "config" / "demo.yaml")
+        tmp_path, "-s", str(ROOT / "Snakefile"), *targets, "--configfile", str(tmp_path / "demo_gpu.yaml")
     )
     assert (tmp_path / targets[0]).stat().st_size > 0
     assert (tmp_path / targets[1] / "config.json").is_file()
+    assert (tmp_path / sample).stat().st_size > 0
     for log in ("data/download_koniq.log", "data/manifest_koniq.log", "grpo/tiny_model.log"):
         assert (tmp_path / "logs/demo" / log).stat().st_size > 0, log
 
     jobs = _sacct(run_id, since)
-    assert sorted(j["rule"] for j in jobs) == ["download", "manifest", "tiny_model"], jobs  # one each: no retries
+    want = ["download", "download", "manifest", "manifest", "stage3_prompts", "t2v_base", "t2v_sample", "tiny_model"]
+    assert sorted(j["rule"] for j in jobs) == want, jobs  # one each: no retries
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
 
-    # tiny_model is a GPU job only through the profile's set-resources (gpu: 1): --gpus=1, one GPU allocated
-    gpu_job = next(j for j in jobs if j["rule"] == "tiny_model")
-    sbatch = _sbatch_call(p.stdout, "tiny_model")
-    print(sbatch[: sbatch.index("--wrap")])
-    assert " --gpus=1" in sbatch and "-p debug" in sbatch and "-A root" in sbatch
-    assert "gres/gpu=1" in gpu_job["tres"], gpu_job
-    # ... and the job saw it (the jobstep's environment, logged with --verbose into the SLURM log)
-    slurm_log = tmp_path / ".snakemake/slurm_logs/rule_tiny_model" / f"{gpu_job['id']}.log"
-    assert "'CUDA_VISIBLE_DEVICES': '0'" in slurm_log.read_text()
+    for rule in ("tiny_model", "t2v_sample"):
+        gpu_job = next(j for j in jobs if j["rule"] == rule)
+        sbatch = _sbatch_call(p.stdout, rule)
+        print(sbatch[: sbatch.index("--wrap")])
+        assert " --gpus=1" in sbatch and "-p debug" in sbatch and "-A root" in sbatch, sbatch
+        assert "--signal=URG@600" in sbatch and " --requeue" in sbatch, sbatch
+        assert "gres/gpu=1" in gpu_job["tres"], gpu_job
+        # ... and the job saw it (the jobstep's environment, logged with --verbose into the SLURM log)
+        slurm_log = next((tmp_path / ".snakemake/slurm_logs" / f"rule_{rule}").rglob(f"{gpu_job['id']}.log"))
+        assert "'CUDA_VISIBLE_DEVICES': '0'" in slurm_log.read_text()
     cpu_job = next(j for j in jobs if j["rule"] == "download")
     assert " --gpus" not in _sbatch_call(p.stdout, "download") and "gres/gpu" not in cpu_job["tres"]
     cpu_log = next((tmp_path / ".snakemake/slurm_logs/rule_download").rglob(f"{cpu_job['id']}.log"))
