@@ -2,11 +2,18 @@
 # rows (config/reported.yaml), clearly labelled. `snakemake --report results/report.html` collects them.
 
 TABLES = [f"table{k}" for k in range(1, 6)]
-REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "__main__.py")]
+REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "html.py", "__main__.py")]
+# Tables as HTML pages in the report (Table 6, the generator's, when stage 3 runs), and a results page.
+HTML_TABLES = TABLES + (["table6"] if "stage3" in config else [])
+
+
+# The report's start page: the results summary beside the workflow graph.
+report: "../docs/report/workflow.rst"
 
 
 localrules:
     tables,
+    tables_html,
     figures,
     provenance,
 
@@ -37,6 +44,38 @@ rule tables:
     shell:
         "python -m vqinsight.report tables --metrics {input.metrics:q} --reported {input.reported:q} "
         "--out-dir {params.out:q} {params.demo} > {log:q} 2>&1"
+
+
+rule tables_html:
+    input:
+        md=expand(f"{RESULTS}/tables/{{table}}.md", table=HTML_TABLES),
+        code=REPORT_CODE,
+    output:
+        index=report(
+            f"{RESULTS}/tables/html/index.html",
+            category="Results",
+            caption=repo_file("docs/report/results.rst"),
+        ),
+        pages=[
+            report(
+                f"{RESULTS}/tables/html/{t}.html",
+                category="Tables",
+                subcategory="HTML",
+                caption=repo_file("docs/report/tables.rst"),
+            )
+            for t in HTML_TABLES
+        ],
+    log:
+        f"{LOGS}/report/tables_html.log",
+    conda:
+        "../environment.yml"
+    params:
+        tables=f"{RESULTS}/tables",
+        out=f"{RESULTS}/tables/html",
+        only=" ".join(HTML_TABLES),
+    shell:
+        "python -m vqinsight.report html --tables {params.tables:q} --out-dir {params.out:q} --only {params.only} "
+        "> {log:q} 2>&1"
 
 
 rule figures:
@@ -85,5 +124,6 @@ rule provenance:
 rule report:
     input:
         rules.tables.output,
+        rules.tables_html.output,
         rules.figures.output,
         rules.provenance.output,

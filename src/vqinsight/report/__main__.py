@@ -4,6 +4,7 @@
     python -m vqinsight.report table6  --evals ours=results/demo/stage3/eval/united_r2.json ... --out-dir DIR
     python -m vqinsight.report figures [--metrics M.json ...] [--curves [LABEL=]curves.csv ...] --out-dir DIR
     python -m vqinsight.report index   --tables DIR --figures DIR --out index.md
+    python -m vqinsight.report html    --tables DIR --out-dir DIR [--only table1 ...]
 
 The index is a short Markdown page linking every table and figure, for ``snakemake --report`` and for humans.
 """
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--tables", required=True, type=Path, help="directory with table*.md|tex|csv")
     i.add_argument("--figures", required=True, type=Path, help="directory with *.png|pdf")
     i.add_argument("--out", required=True, type=Path, help="index Markdown file")
+    h = sub.add_parser("html", help="write each table*.md as an HTML page, and index.html with all of them")
+    h.add_argument("--tables", required=True, type=Path, help="directory with table*.md (the tables subcommand's)")
+    h.add_argument("--out-dir", required=True, type=Path)
+    h.add_argument("--only", nargs="*", default=None, metavar="TABLE", help="these tables (stems) only")
     p = sub.add_parser("provenance", help="one CSV row per meta.json: what produced each result, with which code")
     p.add_argument("--meta", nargs="+", type=Path, required=True, help="meta.json files")
     p.add_argument("--root", type=Path, default=Path("."), help="paths in the table are relative to this")
@@ -146,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vqinsight.report.figures import write_figures
 
             written = write_figures(args.metrics, args.curves, args.out_dir, dpi=args.dpi)
+        elif args.command == "html":
+            from vqinsight.report.html import write_html
+
+            written = write_html(args.tables, args.out_dir, args.only)
         elif args.command == "provenance":
             written = [write_provenance(args.meta, args.root, args.out)]
         else:
