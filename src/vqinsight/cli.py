@@ -307,7 +307,8 @@ def judge_command(a: argparse.Namespace) -> int:
             initial=len(jobs) - len(todo),
             desc=f"judge ({task})",
             unit=task,
-            disable=not batch or None,
+            disable=not batch,
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,  # in a log file: a line every 10 s
             file=sys.stderr,
         ) as bar:
             for s in range(0, len(todo), step):
