@@ -5,14 +5,26 @@ import shlex
 import sys
 from pathlib import Path
 
-from vqinsight.config import validate_config
+from vqinsight.config import ConfigError, config_problems, recipe_problems, validate_config
 from vqinsight.data.registry import REGISTRY
 
-validate_config(
-    config,
-    f"{workflow.basedir}/config/schema.yaml",
-    source=", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml",
-)
+
+def config_source():
+    """What the config was read from, for error messages: the config files and any --config entries."""
+    src = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
+    keys = sorted(workflow.config_settings.config)
+    if keys:
+        src += (
+            f" with --config {', '.join(keys)} (--config replaces each of these top-level entries whole; to change "
+            "one nested value, overlay a second config file: --configfile config/config.yaml my-changes.yaml)"
+        )
+    return src
+
+
+validate_config(config, f"{workflow.basedir}/config/schema.yaml", source=config_source())
+_problems = config_problems(config, workflow.basedir, {d: r.splits for d, r in REGISTRY.items()})
+if _problems:
+    raise ConfigError(f"invalid {config_source()}:\n  " + "\n  ".join(_problems))
 
 # Jobs use the Python environment that runs Snakemake, also when it was started as .venv/bin/snakemake without
 # activating the environment (a per-rule conda env, when enabled, is activated in front of it).
@@ -469,3 +481,45 @@ def provenance_meta(paths):
         else:
             out.append(str(path / "meta.json"))
     return out
+
+
+# ----------------------------------------------------------------------------- recipes, checked at DAG start
+def recipe_checks():
+    """(label, load) for every recipe a training job of this config will read, with the overrides it gets: keys,
+    types (coerced as the job coerces them), TRL trainer arguments, scheduler and reward names."""
+    from vqinsight.baselines.sft import SFTRecipe
+    from vqinsight.dpo.train import Recipe as DPORecipe
+    from vqinsight.grpo.reward_funcs import build_reward_funcs
+    from vqinsight.grpo.train import Recipe as GRPORecipe
+
+    def grpo(path, over=None):
+        def load():
+            recipe = GRPORecipe.load(path, over)
+            try:
+                build_reward_funcs(recipe.rewards)
+            except ValueError as e:
+                raise ConfigError(f"{path}: rewards: {e}") from None
+
+        return load
+
+    checks = [("grpo.stage1.recipe", grpo(STAGE1_RECIPE))]
+    for tm, spec in GRPO["stage2"]["task_models"].items():
+        variants = {"full": {}} | {v: a for v, a in ABLATIONS.items() if tm in a["task_models"]}
+        for v, a in variants.items():
+            over = _merged(spec.get("recipe", {}), a.get("recipe", {}))
+            checks.append((f"grpo.stage2.recipe for {tm}/{v}", grpo(STAGE2_RECIPE, over)))
+    for name, spec in BASELINES.items():
+        if spec["type"] == "sft":
+            checks.append((f"eval.baselines.{name}.recipe", lambda p=repo_file(spec["recipe"]): SFTRecipe.load(p)))
+    s3 = config.get("stage3")
+    if s3:
+        tm = GRPO["stage2"]["task_models"][s3["judge"]["task_model"]]
+        over = _merged(tm.get("recipe", {}), s3["refine"].get("recipe", {}))
+        checks.append(("stage3.refine.recipe", grpo(STAGE2_RECIPE, over)))
+        checks.append(("stage3.dpo.recipe", lambda: DPORecipe.load(repo_file(s3["dpo"]["recipe"]))))
+    return checks
+
+
+_problems = recipe_problems(recipe_checks())
+if _problems:
+    raise ConfigError(f"invalid recipe(s) of {config_source()}:\n  " + "\n  ".join(_problems))

@@ -93,7 +93,7 @@ class SFTRecipe:
 
     @classmethod
     def load(cls, path: str | Path) -> SFTRecipe:
-        return recipe_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, path)
+        return recipe_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, path, trainer_config="SFTConfig")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class Recipe:
     def load(cls, path: str | Path, override: dict[str, Any] | None = None) -> Recipe:
         """The recipe file, with `override` (nested keys, e.g. an ablation's) deep-merged on top."""
         data = deep_merge(yaml.safe_load(Path(path).read_text()) or {}, override or {})
-        return recipe_from_mapping(cls, data, path)
+        return recipe_from_mapping(cls, data, path, trainer_config="GRPOConfig")
 
 
 def with_both_orders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
