@@ -76,6 +76,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--engine", choices=("static", "hf"), default="static", help="static: the fast engine")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the fast engine's decode step (default: serve on CUDA only, judge off)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +135,7 @@ def load_judge(a: argparse.Namespace) -> Judge:
         min_pixels=a.min_pixels,
         image_max_pixels=a.image_max_pixels,
         scale=tuple(a.scale) if a.scale else None,
+        compile=a.compile,
     )
 
 
@@ -298,6 +305,8 @@ def judge_command(a: argparse.Namespace) -> int:
         log.info("%s: %d of %d already judged; %d to go", a.out, len(jobs) - len(todo), len(jobs), len(todo))
     failed = 0
     if todo:
+        if a.compile is None:
+            a.compile = False  # a one-off run would wait longer for the compile than it saves
         judge = load_judge(a)
         from tqdm import tqdm
 
