@@ -179,3 +179,43 @@ def test_media_root_and_timeout(world) -> None:
         assert code == 504 and "no result within" in ans["error"]
     finally:
         confined.close()
+
+
+class _Blocking:
+    """The loaded judge, but each engine step waits for ``go``: makes a full queue deterministic."""
+
+    def __init__(self, judge: Judge) -> None:
+        import threading
+
+        self.judge, self.started, self.go = judge, threading.Event(), threading.Event()
+        self.engine, self.settings, self.model_dir = judge.engine, judge.settings, judge.model_dir
+
+    def check(self, path):
+        return self.judge.check(path)
+
+    def run(self, task, jobs):
+        self.started.set()
+        assert self.go.wait(60)
+        return self.judge.run(task, jobs)
+
+
+def test_full_queue_answers_503_then_recovers(world) -> None:
+    blocking = _Blocking(world["judge"])
+    server = JudgeServer(blocking, ServerConfig(port=0, max_queue=1)).start()
+    body = {"items": [{"video": world["vids"][3]}]}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, server.url + "/v1/score", body)
+            assert blocking.started.wait(30)  # the worker holds the first request
+            second = pool.submit(post, server.url + "/v1/score", body)
+            deadline = time.monotonic() + 30
+            while server.batcher.queue.qsize() < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            code, ans = post(server.url + "/v1/score", body)
+            assert code == 503 and "server busy" in ans["error"]
+            blocking.go.set()
+            assert first.result()[0] == second.result()[0] == 200
+        assert post(server.url + "/v1/score", body)[0] == 200
+    finally:
+        blocking.go.set()
+        server.close()
