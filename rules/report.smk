@@ -70,8 +70,8 @@ rule tables_html:
     conda:
         "../environment.yml"
     params:
-        tables=f"{RESULTS}/tables",
-        out=f"{RESULTS}/tables/html",
+        tables=lambda wildcards, input: str(Path(input.md[0]).parent),
+        out=lambda wildcards, output: str(Path(output.index).parent),
         only=" ".join(HTML_TABLES),
     shell:
         "python -m vqinsight.report html --tables {params.tables:q} --out-dir {params.out:q} --only {params.only} "
