@@ -455,7 +455,7 @@ def test_rerun_metrics_code_edit_reruns_metrics_and_report_only(demo_run):
     finally:
         src.write_bytes(original)
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert set(jobs) == {"eval_metrics", "tables", "figures", "provenance", "all"}, jobs
+    assert set(jobs) == {"eval_metrics", "tables", "tables_html", "figures", "provenance", "all"}, jobs
     assert jobs["eval_metrics"] == len(list((demo_run / "results/demo/eval/metrics").glob("*/*.meta.json")))
 
 
@@ -466,7 +466,7 @@ def test_html_report_bundles_tables_figures_and_provenance(demo_run):
     html = demo_run / "report.html"
     smk("--configfile", str(ROOT / "config" / "demo.yaml"), "--report", str(html), cwd=demo_run)
     text = html.read_text(errors="replace")
-    for needle in ("tau_epsilon.png", "table1.csv", "provenance.csv"):
+    for needle in ("tau_epsilon.png", "table1.csv", "table1.html", "All tables on one page", "provenance.csv"):
         assert needle in text, needle
     prov = pl.read_csv(demo_run / "results/demo/provenance.csv")
     assert prov.height >= 40 and prov["git_sha"].null_count() < prov.height
