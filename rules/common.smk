@@ -448,6 +448,15 @@ def curves_files(wildcards=None):
     }
 
 
+def learning_models(wildcards=None):
+    """Every GRPO-trained model of stage 1 and 2 (full and ablation variants): label -> model directory."""
+    out = {"stage1": f"{RESULTS}/grpo/stage1/model"}
+    for v in ["full", *trained_ablations()]:
+        for tm in TASK_MODELS if v == "full" else ABLATIONS[v]["task_models"]:
+            out[f"stage2 {tm}" + ("" if v == "full" else f" ({v})")] = f"{RESULTS}/grpo/stage2/{tm}/{v}/model"
+    return out
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
     task_model="|".join(TASK_MODELS),

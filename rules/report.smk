@@ -2,7 +2,7 @@
 # rows (config/reported.yaml), clearly labelled. `snakemake --report results/report.html` collects them.
 
 TABLES = [f"table{k}" for k in range(1, 6)]
-REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "html.py", "__main__.py")]
+REPORT_CODE = [str(SRC / "report" / f) for f in ("tables.py", "figures.py", "html.py", "learning.py", "__main__.py")]
 # Tables as HTML pages in the report (Table 6, the generator's, when stage 3 runs), and a results page.
 HTML_TABLES = TABLES + (["table6"] if "stage3" in config else [])
 
@@ -12,6 +12,7 @@ report: "../docs/report/workflow.rst"
 
 
 localrules:
+    learning,
     tables,
     tables_html,
     figures,
@@ -104,6 +105,26 @@ rule figures:
         "--out-dir {output.figures:q} --dpi {params.dpi} > {log:q} 2>&1"
 
 
+# What each trained model learned (held-out metrics before/after): the file the README's demo numbers come from.
+rule learning:
+    input:
+        models=list(learning_models().values()),
+        code=REPORT_CODE,
+    output:
+        md=f"{RESULTS}/tables/learning.md",
+        csv=report(f"{RESULTS}/tables/learning.csv", category="Tables", caption=repo_file("docs/report/tables.rst")),
+        json=f"{RESULTS}/tables/learning.json",
+    log:
+        f"{LOGS}/report/learning.log",
+    conda:
+        "../environment.yml"
+    params:
+        models=" ".join(shlex.quote(f"{label}={path}") for label, path in learning_models().items()),
+        out=lambda wildcards, output: str(Path(output.md).parent),
+    shell:
+        "python -m vqinsight.report learning --models {params.models} --out-dir {params.out:q} > {log:q} 2>&1"
+
+
 # What produced each result: git SHA, time, device and package versions from every meta.json, in the HTML report.
 rule provenance:
     input:
@@ -123,6 +144,7 @@ rule provenance:
 
 rule report:
     input:
+        rules.learning.output,
         rules.tables.output,
         rules.tables_html.output,
         rules.figures.output,

@@ -5,6 +5,7 @@
     python -m vqinsight.report figures [--metrics M.json ...] [--curves [LABEL=]curves.csv ...] --out-dir DIR
     python -m vqinsight.report index   --tables DIR --figures DIR --out index.md
     python -m vqinsight.report html    --tables DIR --out-dir DIR [--only table1 ...]
+    python -m vqinsight.report learning --models LABEL=MODEL_DIR ... --out-dir DIR
 
 The index is a short Markdown page linking every table and figure, for ``snakemake --report`` and for humans.
 """
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--tables", required=True, type=Path, help="directory with table*.md (the tables subcommand's)")
     h.add_argument("--out-dir", required=True, type=Path)
     h.add_argument("--only", nargs="*", default=None, metavar="TABLE", help="these tables (stems) only")
+    le = sub.add_parser("learning", help="write learning.md|csv|json: held-out metrics before/after each training")
+    le.add_argument("--models", nargs="+", required=True, metavar="LABEL=DIR", help="trained model dirs (eval.json)")
+    le.add_argument("--out-dir", required=True, type=Path)
     p = sub.add_parser("provenance", help="one CSV row per meta.json: what produced each result, with which code")
     p.add_argument("--meta", nargs="+", type=Path, required=True, help="meta.json files")
     p.add_argument("--root", type=Path, default=Path("."), help="paths in the table are relative to this")
@@ -157,6 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = write_html(args.tables, args.out_dir, args.only)
         elif args.command == "provenance":
             written = [write_provenance(args.meta, args.root, args.out)]
+        elif args.command == "learning":
+            from vqinsight.report.learning import write_learning
+
+            evals = {}
+            for item in args.models:
+                label, sep, path = item.partition("=")
+                if not sep or not label or not path:
+                    raise ValueError(f"--models {item!r}: expected LABEL=DIR")
+                evals[label] = Path(path) / "eval.json"
+            written = write_learning(evals, args.out_dir)
         else:
             written = [write_index(args.tables, args.figures, args.out)]
     except (OSError, ValueError) as e:
