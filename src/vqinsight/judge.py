@@ -923,10 +923,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: data manifest not found (build it first: snakemake %s)", a.manifest, a.manifest)
         return 2
     import torch
-    from tqdm import tqdm
 
     from .grpo.common import media_spec, seed_everything
     from .grpo.data import select_rows, to_records
+    from .progress import progress
     from .provenance import write_meta
 
     if a.threads:
@@ -973,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, OSError) as e:
             log.error("%s", e)
             return 2
-        with tqdm(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
+        with progress(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
             for s in range(0, len(todo), a.batch_size):
                 batch = todo[s : s + a.batch_size]
                 append_records(

@@ -417,12 +417,12 @@ class FrameCache:
 
     def warm(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> list[tuple[str, str]]:
         """Fill the cache for ``paths`` (``workers`` spawned processes); return (path, error) for failed files."""
-        from tqdm import tqdm
+        from .progress import progress
 
         todo = [str(p) for p in dict.fromkeys(str(p) for p in paths)]
         jobs = [(self._params(), p) for p in todo]
         failures: list[tuple[str, str]] = []
-        bar = tqdm(total=len(jobs), desc="frame cache", unit="video", disable=None)
+        bar = progress(total=len(jobs), desc="frame cache", unit="video")
         if workers <= 1 or len(jobs) <= 1:
             results: Iterable[tuple[str, str | None]] = map(_warm_one, jobs)
             for path, err in results:

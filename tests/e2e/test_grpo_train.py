@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +132,10 @@ def test_killed_training_resumes_from_the_newest_complete_checkpoint(world, tmp_
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from" in second.stderr
+    # progress lines in the job log (stderr is a file, not a terminal): the resumed run's optimizer steps and the
+    # held-out evaluation, each with done / total
+    assert re.search(r"training: 10/10 step \(100\.0%\), [\d.]+ (s/step|step/s)", second.stderr), second.stderr[-3000:]
+    assert re.search(r"held-out eval: \d+/\d+ batch \(100\.0%\)", second.stderr), second.stderr[-3000:]
     result = json.loads((out / "model" / "eval.json").read_text())
     assert result["global_step"] == 10
     resumed = int(Path(result["resumed_from"]).name.split("-")[1])

@@ -1,5 +1,5 @@
-"""A finished project moved or cloned to another path (same config, results moved with it) plans nothing to do, and
-its results are readable by the group under the usual umask.
+"""A finished project moved or cloned to another path (same config, results moved with it) plans nothing to do, its
+results are readable by the group under the usual umask, and its job logs show progress.
 
 The finished DAG is the cheapest one with code inputs: the demo's KonViD download, manifest (the parser modules are
 its inputs) and frame cache, on 8 videos, in a copy of the repository.
@@ -8,6 +8,7 @@ its inputs) and frame cache, on 8 videos, in a copy of the repository.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -63,6 +64,15 @@ def test_moved_and_recloned_project_plans_nothing_and_results_are_group_readable
     _copy_checkout(first, files)
     _smk(first, config, "--cores", "2", TARGET)  # the project runs in its own root, as README says
     assert (first / TARGET).is_file()
+
+    # the jobs' logs (files, not terminals) carry progress lines: done / total, rate, elapsed
+    logs = first / "logs/demo/data"
+    for log, pattern in (
+        ("download_konvid.log", r"konvid: 8/8 file \(100\.0%\), [\d.]+ (file/s|s/file), elapsed"),
+        ("manifest_konvid.log", r"check media: 8/8 file \(100\.0%\)"),
+        ("frame_cache_konvid.log", r"frame cache: 8/8 video \(100\.0%\), [\d.]+ (video/s|s/video), elapsed"),
+    ):
+        assert re.search(pattern, (logs / log).read_text()), (log, (logs / log).read_text()[-2000:])
 
     # results under umask 022: every file group- and world-readable (atomic writes included)
     results = [p for p in (first / "results").rglob("*") if p.is_file()]

@@ -344,10 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from importlib import metadata
 
-    from tqdm import tqdm
-
     from ..grpo.common import media_spec, seed_everything
     from ..grpo.data import MediaLoader, select_rows, to_records
+    from ..progress import progress
     from ..provenance import write_meta
 
     if a.threads:
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 2
         scorer = Scorer(metric, MediaLoader(media_spec(a)))
-        with tqdm(
+        with progress(
             total=len(items), initial=len(items) - len(todo), desc=f"{a.metric} {a.out.stem}", unit="row"
         ) as bar:
             for s in range(0, len(todo), a.batch_size):

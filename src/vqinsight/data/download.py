@@ -87,11 +87,11 @@ def _open(url: str, offset: int, timeout: float):
 def _copy_stream(
     src, part: Path, mode: str, have: int, max_bytes: int | None, url: str, total: int | None, progress: bool = True
 ) -> None:
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     with (
         open(part, mode) as out,
-        tqdm(
+        progress_bar(
             total=total,
             initial=have,
             unit="B",

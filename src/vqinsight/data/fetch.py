@@ -62,7 +62,8 @@ def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], m
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     import polars as pl
-    from tqdm import tqdm
+
+    from ..progress import progress
 
     cols, names = list(media["columns"]), list(media.get("name_columns") or [])
     if names and len(names) != len(cols):
@@ -84,7 +85,7 @@ def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], m
     workers = int(media.get("workers", 8))
     with (
         ThreadPoolExecutor(max(1, workers)) as ex,
-        tqdm(total=len(todo), desc="media", unit="file", disable=None) as bar,
+        progress(total=len(todo), desc="media", unit="file") as bar,
     ):
         futures = {
             ex.submit(fetch_url, url, dest, max_bytes=max_bytes, mirrors=mirrors, progress=False): url

@@ -91,15 +91,15 @@ def check_media(path: str, media_type: str, reader: str) -> str | None:
 
 
 def _check_all(items: list[tuple[str, str]], reader: str, workers: int) -> dict[str, str | None]:
-    from tqdm import tqdm
+    from ..progress import progress
 
     args = [(p, t, reader) for p, t in items]
     if workers <= 1 or len(args) < 8:
-        results = [check_media(*a) for a in tqdm(args, desc="check media", unit="file", disable=None)]
+        results = [check_media(*a) for a in progress(args, desc="check media", unit="file")]
     else:
         with ProcessPoolExecutor(workers) as ex:
             it = ex.map(check_media, *zip(*args, strict=True), chunksize=8)
-            results = list(tqdm(it, total=len(args), desc="check media", unit="file", disable=None))
+            results = list(progress(it, total=len(args), desc="check media", unit="file"))
     return dict(zip((p for p, _ in items), results, strict=True))
 
 

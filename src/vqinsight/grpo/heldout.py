@@ -32,15 +32,15 @@ def generate(
 ) -> list[str]:
     """Greedy completions for rows (left-padded batches; vision placeholder tokens never sampled)."""
     import torch
-    from tqdm import tqdm
 
     from ..models.load import vision_token_ids
+    from ..progress import progress
 
     out: list[str] = []
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    for s in tqdm(range(0, len(rows), batch_size), desc="held-out eval", unit="batch", disable=None):
+    for s in progress(range(0, len(rows), batch_size), desc="held-out eval", unit="batch"):
         inp = encode_batch(processor, rows[s : s + batch_size], loader, style, scale).to(device)
         with torch.no_grad():
             seq = model.generate(

@@ -217,10 +217,11 @@ def _callbacks(curves_path: Path):
                         if isinstance(v, int | float):
                             w.writerow([state.global_step, k, v])
 
+    from ..progress import training_progress_callback
     from .preempt import CheckpointOnSignal
 
     # CheckpointOnSignal last, so MarkComplete has marked the checkpoint it saves on SLURM's warning signal.
-    return [MarkComplete(), CsvLog(), CheckpointOnSignal()]
+    return [MarkComplete(), CsvLog(), training_progress_callback(), CheckpointOnSignal()]
 
 
 def curves_table(log_history: list[dict]) -> str:

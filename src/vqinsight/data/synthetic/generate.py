@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -161,7 +160,7 @@ class Ctx:
 
     def run(self, jobs: list[Job]) -> dict[str, Done]:
         """Render and write every job (threads: ffmpeg and PIL run outside the GIL); results keyed by ``rel``."""
-        from tqdm import tqdm
+        from ...progress import progress
 
         def one(job: Job) -> Done:
             rng = np.random.default_rng(np.random.SeedSequence(list(job.seed)))
@@ -174,7 +173,7 @@ class Ctx:
             return Done(job.rel, prompt, deg)
 
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            done = list(tqdm(pool.map(one, jobs), total=len(jobs), desc=self.key, disable=not sys.stderr.isatty()))
+            done = list(progress(pool.map(one, jobs), total=len(jobs), desc=self.key, unit="file"))
         self.written.update(j.rel for j in jobs)
         return {d.rel: d for d in done}
 
