@@ -192,6 +192,11 @@ class StaticDecoder:
         if self.compiled:
             self._forward_fn = self._fallback(torch.compile(self._forward), "_forward_fn", self._forward)
             self._top_p_fn = self._fallback(torch.compile(_top_p_bisect), "_top_p_fn", _top_p_bisect)
+        log.info(
+            "static decoder on %s (%s): CUDA graph %s, compiled step %s, sdpa %s, fused weights %s, top-p %s",
+            self.device, str(self.dtype).removeprefix("torch."), self.use_cuda_graph, self.compiled, self.sdpa,
+            fuse_weights, "bisect" if self.bisect_top_p else "sort",
+        )  # fmt: skip
 
     def _fallback(self, compiled, attr: str, eager):
         """``compiled``, replaced by ``eager`` for good if its first call fails (a later failure is raised)."""

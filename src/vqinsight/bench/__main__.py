@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "judge": "vqinsight.bench.judge",
     "vision": "vqinsight.bench.vision",
     "dag": "vqinsight.bench.dag",
+    "smoke": "vqinsight.bench.smoke",
 }
 
 

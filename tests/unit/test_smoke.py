@@ -1,0 +1,170 @@
+"""The one-GPU smoke run of the paper config: its recipes differ from the paper's only in step counts, and the
+replay tool (vqinsight.bench.smoke) orders, runs, skips, kills and resumes jobs as documented."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vqinsight.bench import smoke
+
+REPO = Path(__file__).resolve().parents[2]
+#: keys a smoke recipe may change (dotted paths), per paper recipe
+ALLOWED = {
+    "stage1": {"trainer.max_steps", "eval.n"},
+    "sft": {"trainer.max_steps", "eval.n"},
+    "dpo": {"max_steps", "save_every"},
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_smoke_recipes_differ_from_the_paper_only_in_step_counts(name):
+    paper = _flat(yaml.safe_load((REPO / f"config/recipes/paper_{name}.yaml").read_text()))
+    smoke_ = _flat(yaml.safe_load((REPO / f"config/recipes/smoke_{name}.yaml").read_text()))
+    changed = {k for k in paper.keys() | smoke_.keys() if paper.get(k, "<absent>") != smoke_.get(k, "<absent>")}
+    assert changed == ALLOWED[name]
+
+
+def test_smoke_overlay_keeps_paper_media_and_judge_settings():
+    paper = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    over = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    assert set(over["data"]) <= {"workers"}  # frames, pixel budgets, reader: the paper's
+    assert "judge" not in over["eval"]  # style, tokens, margin: the paper's
+    assert over["grpo"]["stage2"].keys() == {"task_models"}  # the paper's stage-2 recipe
+    for tm in paper["grpo"]["stage2"]["task_models"]:
+        assert over["grpo"]["stage2"]["task_models"][tm]["recipe"] == {"trainer": {"max_steps": 1}, "eval": {"n": 2}}
+
+
+DRY = textwrap.dedent(
+    """\
+    [Sun Dec  6 22:07:58 2026]
+    rule train:
+        input: data/a.txt, cfg.yaml
+        output: out/model
+        log: logs/train.log
+        jobid: 3
+        wildcards: name=x, variant=full
+        resources: tmpdir=/tmp, gpu=1, runtime=60
+    Shell command: python train.py > logs/train.log 2>&1
+
+    [Sun Dec  6 22:07:58 2026]
+    rule prep:
+        output: data/a.txt
+        log: logs/prep.log
+        jobid: 7
+        resources: tmpdir=/tmp
+    Shell command: echo a > data/a.txt
+
+    [Sun Dec  6 22:07:58 2026]
+    rule judge:
+        input: out/model, data/a.txt
+        output: pred/x.jsonl
+        log: logs/judge.log
+        jobid: 1
+        wildcards: system=ours
+        resources: tmpdir=/tmp, gpu=1
+    Shell command: python judge.py
+
+    [Sun Dec  6 22:07:58 2026]
+    localrule all:
+        input: pred/x.jsonl
+        jobid: 0
+    """
+)
+
+
+def test_plan_parses_commands_and_orders_by_dependencies():
+    jobs = smoke.order(smoke.parse_dry_run(DRY))
+    assert [j["rule"] for j in jobs] == ["prep", "train", "judge"]  # 'all' has no command
+    train = next(j for j in jobs if j["rule"] == "train")
+    assert train["wildcards"] == {"name": "x", "variant": "full"} and train["gpu"] == 1
+    assert train["shell"] == "python train.py > logs/train.log 2>&1"
+    assert train["needs"] == [7]
+    judge = next(j for j in jobs if j["rule"] == "judge")
+    assert judge["needs"] == [3, 7]  # reads a file under the directory output out/model
+
+
+def test_schedule_puts_priority_jobs_and_their_ancestors_first():
+    jobs = smoke.order(smoke.parse_dry_run(DRY))
+    assert smoke.schedule(jobs, [("judge", {"system": "ours"})]) == [7, 3, 1]
+    assert smoke.schedule(jobs, [("train", {"variant": "full"})]) == [7, 3, 1]
+    assert smoke.schedule(jobs, [("train", {"variant": "other"})]) == [7, 3, 1]  # no match: dependency order
+
+
+def _plan(tmp_path: Path, jobs: list[dict]) -> Path:
+    for j in jobs:
+        j.setdefault("wildcards", {})
+        j.setdefault("gpu", 0)
+        j.setdefault("input", [])
+    jobs = smoke.order(jobs)
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"config": "test", "jobs": jobs, "schedule": smoke.schedule(jobs, [])}))
+    return p
+
+
+def _run(tmp_path, plan, *extra):
+    report = tmp_path / "report.json"
+    assert smoke.main(["run", "--plan", str(plan), "--report", str(report), *extra]) == 0
+    return {j["rule"]: j for j in json.loads(report.read_text())["jobs"]}
+
+
+def test_run_records_jobs_skips_done_and_downstream_of_a_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = _plan(
+        tmp_path,
+        [
+            {"rule": "a", "jobid": 1, "output": ["o/a"], "log": ["l/a.log"],
+             "shell": "echo hi > o/a; echo ok > l/a.log"},
+            {"rule": "b", "jobid": 2, "input": ["o/a"], "output": ["o/b"], "log": ["l/b.log"],
+             "shell": "echo boom > l/b.log; exit 3"},
+            {"rule": "c", "jobid": 3, "input": ["o/b"], "output": ["o/c"], "log": ["l/c.log"], "shell": "touch o/c"},
+            {"rule": "d", "jobid": 4, "output": ["o/d"], "log": ["l/d.log"], "shell": "touch o/d"},
+        ],
+    )  # fmt: skip
+    Path("o").mkdir()
+    Path("o/d").write_text("old")
+    jobs = _run(tmp_path, plan)
+    assert jobs["a"]["status"] == "ok" and jobs["a"]["rc"] == 0 and jobs["a"]["wall_s"] >= 0
+    assert jobs["b"]["status"] == "failed" and jobs["b"]["rc"] == 3 and jobs["b"]["log_tail"] == ["boom"]
+    assert jobs["c"]["status"] == "skipped: an input job failed"
+    assert jobs["d"]["status"] == "done before"
+    assert not Path("o/c").exists()
+
+
+def test_run_stops_starting_jobs_at_the_deadline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = _plan(
+        tmp_path,
+        [
+            {"rule": "a", "jobid": 1, "output": ["a"], "log": ["a.log"], "shell": "touch a"},
+            {"rule": "b", "jobid": 2, "output": ["b"], "log": ["b.log"], "shell": "touch b"},
+        ],
+    )
+    jobs = _run(tmp_path, plan, "--deadline-s", "0")
+    assert jobs["a"]["status"] == jobs["b"]["status"] == "not run: deadline"
+
+
+def test_run_kills_a_job_after_its_checkpoint_and_reruns_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a "trainer": resumes from ckpt/step-1 if present (says so), else writes it and then hangs
+    script = (
+        "if [ -f ckpt/step-1/COMPLETE ]; then echo resuming from ckpt/step-1 > t.log; mkdir -p out; touch out/m; "
+        "else mkdir -p ckpt/step-1 && touch ckpt/step-1/COMPLETE && echo started > t.log && sleep 60; fi"
+    )
+    plan = _plan(tmp_path, [{"rule": "train", "jobid": 1, "output": ["out"], "log": ["t.log"], "shell": script}])
+    jobs = _run(tmp_path, plan, "--kill", "train", "--kill-glob", "ckpt/*/COMPLETE")
+    job = jobs["train"]
+    assert job["killed_run"]["killed"] == "checkpoint" and job["killed_run"]["wall_s"] < 30
+    assert job["status"] == "ok" and job["resumed"] is True and Path("out/m").exists()
