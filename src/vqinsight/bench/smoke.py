@@ -192,7 +192,9 @@ def write_models(root: Path, seed: int = 0) -> dict[str, Any]:
         text.save_pretrained(base / "text_encoder", safe_serialization=True)
         ctok.save_pretrained(base / "tokenizer")
         lora.parent.mkdir(parents=True, exist_ok=True)
-        torch.save([w.cpu() for w in make_lora_weights(unet, 32, seed=seed)], lora)
+        with torch.device("meta"):  # the LoRA list is made for the student (+ cond_proj), as T2V-Turbo's is
+            student = UNet3DConditionModel(**UNET_MS)
+        torch.save(make_lora_weights(student, 32, seed=seed), lora)
         made["t2v"] = {"base": str(base), "lora": str(lora), "unet_params": sum(p.numel() for p in unet.parameters()),
                        "seconds": time.perf_counter() - t}  # fmt: skip
         del unet, vae, text
