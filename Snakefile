@@ -24,6 +24,7 @@ envvars:
 
 
 include: "rules/common.smk"
+include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/grpo.smk"
 include: "rules/eval.smk"

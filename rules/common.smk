@@ -1,6 +1,7 @@
 # Config validation and input functions only (no rules).
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ if _problems:
 # Jobs use the Python environment that runs Snakemake, also when it was started as .venv/bin/snakemake without
 # activating the environment (a per-rule conda env, when enabled, is activated in front of it).
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# Jobs load checkpoints from local directories only (`snakemake models` downloads them on the login node), so a job
+# on a compute node without internet access never waits for the hub. Export HF_HUB_OFFLINE=0 to allow it anyway.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RUN = config["run"]
 RAW = config["raw_dir"]
@@ -149,9 +153,24 @@ def cache_files(datasets):
     return [f"{RESULTS}/frames/{d}.json" for d in datasets if d in cached]
 
 
+WEIGHTS_DIR = config.get("weights", {}).get("dir", "resources/models")
+WEIGHTS_HUB = config.get("weights", {}).get("hub", {})
+
+
+def weights_input(path):
+    """The downloaded checkpoint directory that holds `path` (a directory of weights.hub, or a file or subfolder of
+    one) as an input, so the models rule fetches it first; nothing for other paths."""
+    rel = Path(os.path.normpath(path))
+    for name in WEIGHTS_HUB:
+        top = Path(os.path.normpath(f"{WEIGHTS_DIR}/{name}"))
+        if rel == top or top in rel.parents:
+            return [str(top)]
+    return []
+
+
 def base_model_input(wildcards):
-    """The base model as a file dependency when a rule of this workflow builds it (demo), else nothing."""
-    return [config["model"]["base"]] if BUILD_TINY else []
+    """The base model as a file dependency when a rule of this workflow builds it (demo) or downloads it."""
+    return [config["model"]["base"]] if BUILD_TINY else weights_input(config["model"]["base"])
 
 
 def stage2_spec(wildcards):
@@ -378,7 +397,7 @@ def judge_model_input(wildcards):
     """The judge model as a file dependency when this workflow builds it."""
     m = judge_model(wildcards)
     built = m.startswith(f"{RESULTS}/") or (BUILD_TINY and m == config["model"]["base"])
-    return [m] if built else []
+    return [m] if built else weights_input(m)
 
 
 def bench_manifest(wildcards):
@@ -458,6 +477,7 @@ def learning_models(wildcards=None):
 
 
 wildcard_constraints:
+    weights="|".join(map(re.escape, WEIGHTS_HUB)) or "NONE",
     dataset="|".join(DATASETS) or "NONE",
     task_model="|".join(TASK_MODELS),
     variant="|".join(VARIANTS),

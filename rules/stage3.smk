@@ -40,9 +40,11 @@ if S3_TINY:
 else:
 
     # T2V-Turbo (MS): the released LoRA merged into the ModelScope T2V base once (keys and shapes checked).
-    # The weights are read from local paths (no download code for weights, as for the judge baselines): they are
-    # parameters, not inputs, so a dry run works before they are in place; the job names a missing file.
+    # The weights are read from local paths; where they are weights.hub directories they are inputs, which the
+    # models rule downloads first.
     rule t2v_base:
+        input:
+            weights=weights_input(S3["generator"]["base"]) + weights_input(S3["generator"]["lora"]),
         output:
             model=directory(generator_path("g0")),
         log:
@@ -55,8 +57,10 @@ else:
             mem_mb=32000,
             runtime=60,  # loading, one merge pass over 575 layers and writing ~7 GB: minutes
         params:
-            base=S3["generator"]["base"],
-            lora=S3["generator"]["lora"],
+            # paths inside (or equal to) the downloaded directories that are the inputs: functions, so that the
+            # linter does not take them for hard-coded output prefixes
+            base=lambda wildcards: S3["generator"]["base"],
+            lora=lambda wildcards: S3["generator"]["lora"],
             rank=S3["generator"].get("rank", 32),
         shell:
             "python -m vqinsight.t2v.convert --base {params.base:q} --lora {params.lora:q} --out {output.model:q} "
@@ -348,7 +352,8 @@ else:
             dims=" ".join(VBENCH.get("dimensions", [])),
             full_info=f"--full-info {shlex.quote(VBENCH['full_info'])}" if VBENCH.get("full_info") else "",
         shell:
-            "python -m vqinsight.stage3.vbench full --index {input.index:q} --name {wildcards.gen} --out {output:q} "
+            # the vbench package downloads its own weights on first use: the hub stays reachable for it
+            "HF_HUB_OFFLINE=0 python -m vqinsight.stage3.vbench full --index {input.index:q} --name {wildcards.gen} --out {output:q} "
             "--dimensions {params.dims} {params.full_info} > {log:q} 2>&1"
 
 

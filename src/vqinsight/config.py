@@ -246,4 +246,28 @@ def config_problems(config: dict[str, Any], root: str | Path, splits: dict[str, 
     for key, path in files.items():
         if not (root / path).is_file():  # an absolute path stays absolute under `/`
             out.append(f"{key}: file {path} not found (relative paths are read from the repository, {root})")
+    return out + _model_problems(config)
+
+
+def _model_problems(config: dict[str, Any]) -> list[str]:
+    """Checkpoints the jobs load: each must be a local path, since the jobs run with the hub offline. A hub id
+    (`org/name` that is neither an existing path nor inside weights.dir) is an error that says how to fetch it."""
+    weights = config.get("weights") or {"dir": "resources/models", "hub": {}}
+    refs = {} if "tiny" in config["model"] else {"model.base": config["model"]["base"]}
+    for name, spec in config["eval"].get("baselines", {}).items():
+        if spec.get("model") not in (None, "tiny"):
+            refs[f"eval.baselines.{name}.model"] = spec["model"]
+        refs |= {f"eval.baselines.{name}.models.{tm}": m for tm, m in (spec.get("models") or {}).items()}
+    gen = (config.get("stage3") or {}).get("generator", {})
+    refs |= {f"stage3.generator.{k}": gen[k] for k in ("base", "lora") if k in gen}
+    out, wdir = [], Path(weights["dir"])
+    for key, ref in refs.items():
+        p = Path(ref)
+        if p.exists() or p.is_absolute() or wdir in p.parents or re.fullmatch(r"[\w.-]+/[\w.-]+", ref) is None:
+            continue
+        out.append(
+            f"{key}: {ref!r} looks like a hub id, but jobs run with the hub offline; add "
+            f"`{p.name}: {{repo: {ref}}}` to weights.hub and set {key} to {wdir / p.name} (`snakemake models` "
+            "downloads it)"
+        )
     return out

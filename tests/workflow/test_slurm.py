@@ -160,6 +160,7 @@ def test_demo_slice_runs_as_slurm_jobs_with_a_gpu_job(cluster, tmp_path):
         # ... and the job saw it (the jobstep's environment, logged with --verbose into the SLURM log)
         slurm_log = next((tmp_path / ".snakemake/slurm_logs" / f"rule_{rule}").rglob(f"{gpu_job['id']}.log"))
         assert "'CUDA_VISIBLE_DEVICES': '0'" in slurm_log.read_text()
+        assert "'HF_HUB_OFFLINE': '1'" in slurm_log.read_text(), "jobs never wait for the hub (rules/common.smk)"
     cpu_job = next(j for j in jobs if j["rule"] == "download")
     assert " --gpus" not in _sbatch_call(p.stdout, "download") and "gres/gpu" not in cpu_job["tres"]
     cpu_log = next((tmp_path / ".snakemake/slurm_logs/rule_download").rglob(f"{cpu_job['id']}.log"))
