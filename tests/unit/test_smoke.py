@@ -168,3 +168,16 @@ def test_run_kills_a_job_after_its_checkpoint_and_reruns_it(tmp_path, monkeypatc
     job = jobs["train"]
     assert job["killed_run"]["killed"] == "checkpoint" and job["killed_run"]["wall_s"] < 30
     assert job["status"] == "ok" and job["resumed"] is True and Path("out/m").exists()
+
+
+def test_summary_keeps_the_call_that_ran_each_job():
+    def job(jid, status, **kw):
+        return {"jobid": jid, "rule": f"r{jid}", "wildcards": {}, "gpu": 1, "status": status, **kw}
+
+    first = {"config": "c", "jobs": [job(1, "ok", wall_s=3.0, peak_gpu_used_gib=9.5), job(2, "not run: deadline")]}
+    second = {"config": "c", "jobs": [job(1, "done before"), job(2, "ok", wall_s=4.0, peak_gpu_used_gib=1.0)]}
+    rep = smoke.merge([first, second])
+    got = {j["jobid"]: (j["status"], j.get("call"), j.get("wall_s")) for j in rep["jobs"]}
+    assert got == {1: ("ok", 0, 3.0), 2: ("ok", 1, 4.0)}
+    table = smoke.markdown(rep)
+    assert "| r1  | ok | 3.0 | 9.5 |" in table and "| r2  | ok | 4.0 | 1.0 |" in table

@@ -350,6 +350,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from the reports of successive ``run`` calls over the same plan: per job, the last call that
+    ran it (or, if none did, the last status); the devices and elapsed times of every call."""
+    jobs: dict[int, dict[str, Any]] = {}
+    for n, rep in enumerate(reports):
+        for j in rep["jobs"]:
+            ran = j["status"] in ("ok", "failed")
+            if ran or j["jobid"] not in jobs or jobs[j["jobid"]]["status"] not in ("ok", "failed"):
+                jobs[j["jobid"]] = {**j, "call": n} if ran else {**jobs.get(j["jobid"], {}), **j}
+    calls = [{k: r.get(k) for k in ("device", "started", "elapsed_s", "deadline_s")} for r in reports]
+    return {"config": reports[0].get("config"), "packages": reports[-1].get("packages"), "calls": calls,
+            "jobs": sorted(jobs.values(), key=lambda j: (j.get("call", 99), j["jobid"]))}  # fmt: skip
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """The merged report as a Markdown table, one row per job that ran."""
+    rows = ["| job | status | wall s | peak GPU GiB | fast paths / notes |", "|---|---|---|---|---|"]
+    for j in rep["jobs"]:
+        if j["status"] not in ("ok", "failed"):
+            continue
+        wc = ",".join(f"{v}" for v in j["wildcards"].values())
+        ev = "; ".join(
+            e.split(": ", 1)[-1][:120] for e in j.get("evidence", []) if "static decoder" in e or "margins" in e
+        )
+        if j.get("killed_run"):
+            k = j["killed_run"]
+            ev = f"killed after a checkpoint at {k['wall_s']} s, rerun resumed={j.get('resumed')}; " + ev
+        gib = j.get("peak_gpu_used_gib")
+        rows.append(f"| {j['rule']} {wc} | {j['status']} | {j['wall_s']} | {gib if j['gpu'] else '–'} | {ev} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vqinsight.bench smoke", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -369,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rules", nargs="*", default=None, help="run only these rules (the rest of the order is kept)")
     r.add_argument("--kill", default=None, help="rule whose first job is killed once --kill-glob matches")
     r.add_argument("--kill-glob", default=None)
+    s = sub.add_parser("summary", help="merge the reports of successive run calls; print a Markdown table")
+    s.add_argument("--reports", nargs="+", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.cmd == "plan":
@@ -381,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.out:
             atomic_write_json(a.out, made)
         log.info("models: %s", made)
+        return 0
+    if a.cmd == "summary":
+        rep = merge([json.loads(p.read_text()) for p in a.reports])
+        atomic_write_json(a.out, rep)
+        sys.stdout.write(markdown(rep) + "\n")
         return 0
     return run(a)
 
