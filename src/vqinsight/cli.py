@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import IMAGE_SUFFIXES, TASK_NAMES, VIDEO_SUFFIXES, Judge, MediaError, job_key
+from .progress import progress
 
 log = logging.getLogger("vqinsight.cli")
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
@@ -308,17 +309,10 @@ def judge_command(a: argparse.Namespace) -> int:
         if a.compile is None:
             a.compile = False  # a one-off run would wait longer for the compile than it saves
         judge = load_judge(a)
-        from tqdm import tqdm
-
         step = max(1, a.batch_size if task != "compare" else max(1, a.batch_size // 2))
-        with tqdm(
-            total=len(jobs),
-            initial=len(jobs) - len(todo),
-            desc=f"judge ({task})",
-            unit=task,
-            disable=not batch,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,  # in a log file: a line every 10 s
-            file=sys.stderr,
+        # a bar on a terminal, log lines (start, every minute, end) in a log file
+        with progress(
+            total=len(jobs), initial=len(jobs) - len(todo), desc=f"judge ({task})", unit=task, disable=not batch
         ) as bar:
             for s in range(0, len(todo), step):
                 results = judge.run(task, todo[s : s + step])
@@ -339,7 +333,7 @@ def judge_command(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "vqinsight.models", "httpx"):
+    for noisy in ("transformers", "vqinsight.models", "vqinsight.fastdecode", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if a.command == "judge":
