@@ -98,13 +98,16 @@ def targets(task_models: list[str]) -> list[str]:
     return [f"{RUN}/grpo/{MODELS[t][0]}" for t in ["stage1", *task_models]]
 
 
-def run_cell(base: Path, workdir: Path, configfile: Path, seed: int, order: str, task_models: list[str]) -> dict:
+def run_cell(
+    base: Path, workdir: Path, configfile: Path, seed: int, order: str, task_models: list[str], keep: bool
+) -> dict:
     cell = workdir / "cells" / f"{seed}_{order}"
-    if cell.exists():
+    if cell.exists() and not keep:
         shutil.rmtree(cell)
     for d in DATA_DIRS:  # hard links keep the base's mtimes: nothing upstream of the training reruns
-        (cell / RUN / d).parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-al", str(base / RUN / d), str(cell / RUN / d)], check=True)
+        if not (cell / RUN / d).exists():
+            (cell / RUN / d).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-al", str(base / RUN / d), str(cell / RUN / d)], check=True)
     env = {**_env(), **FLOAT_ORDERS[order]}
     t0 = time.time()
     log.info(f"cell seed={seed} order={order} started")
@@ -164,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--jobs", type=int, default=2, help="cells side by side")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--keep-cells",
+        action="store_true",
+        help="reuse existing cells: only missing models are trained (delete a model directory to retrain it)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -175,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     def write() -> None:
         doc = {
             "command": " ".join(["python", "scripts/demo_learning_grid.py", *(argv or sys.argv[1:])]),
+            "git": _git(),
             "cpu": platform.processor() or platform.machine(),
             "cpu_flags": _cpu_flags(),
             "configfile": str(args.configfile),
@@ -186,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [
-            pool.submit(run_cell, base, workdir, args.configfile.resolve(), s, o, args.task_models) for s, o in grid
+            pool.submit(run_cell, base, workdir, args.configfile.resolve(), s, o, args.task_models, args.keep_cells)
+            for s, o in grid
         ]
         for f in futures:
             try:
@@ -202,6 +212,15 @@ def _env() -> dict[str, str]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
     }
+
+
+def _git() -> dict[str, object]:
+    """The checkout's commit and the files that differ from it (a grid may run with one recipe changed)."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--short").splitlines()}
 
 
 def _cpu_flags() -> list[str]:
