@@ -24,6 +24,8 @@ envvars:
 
 
 include: "rules/common.smk"
+include: "rules/checks.smk"
+include: "rules/models_common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"
 include: "rules/grpo.smk"
