@@ -139,5 +139,5 @@ def test_snakemake_check_target_passes_config_datasets_and_models():
     assert set(datasets) == set(DATASET_KEYS)
     assert datasets["lsvq"]["expect_rows"] == {"test": [7186, 7220], "test_1080p": [3573]}
     assert datasets["koniq"]["parse"] == {"target": "gt_score_norm"}
-    assert models["model.base"] == "Qwen/Qwen2.5-VL-7B-Instruct" and "stage3.generator.lora" in models
+    assert models["model.base"] == "resources/models/Qwen2.5-VL-7B-Instruct" and "stage3.generator.lora" in models
     assert "localrule: True" in (ROOT / "rules" / "data.smk").read_text()
