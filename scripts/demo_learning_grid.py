@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 log = logging.getLogger("demo_grid")
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "results/demo"
@@ -86,12 +88,23 @@ def build_base(workdir: Path, configfile: Path, jobs: int) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     log.info(f"building the demo data in {base}")
     smk(
-        ["--configfile", str(configfile), "--cores", str(jobs), "--until", "frame_cache", "manifest", "tiny_model"],
+        ["--configfile", str(configfile), "--cores", str(jobs), "--", *data_targets(configfile)],
         base,
         _env(),
         base / "grid.log",
     )
     return base
+
+
+def data_targets(configfile: Path) -> list[str]:
+    """Every manifest and frame cache of the config, and the untrained tiny model."""
+    cfg = yaml.safe_load(configfile.read_text())
+    frames = [d for d in cfg["data"]["frame_cache"] if d in cfg["datasets"]]
+    return (
+        [f"{RUN}/manifests/{d}.parquet" for d in cfg["datasets"]]
+        + [f"{RUN}/frames/{d}.json" for d in frames]
+        + [f"{RUN}/models/tiny"]
+    )
 
 
 def targets(task_models: list[str]) -> list[str]:
