@@ -25,7 +25,7 @@ test: $(STAMP)
 # AVX-512 or AMX (the same order elsewhere). The learning claims must hold under both (docs/DEMO_LEARNING.md).
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 test-learning-avx2: $(STAMP)
-	$(AVX2_ENV) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/workflow/test_workflow.py -k learns
+	$(AVX2_ENV) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/workflow/test_workflow.py -k "learns or rank_held_out"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(SNAKEMAKE) --lint
