@@ -181,3 +181,11 @@ def test_summary_keeps_the_call_that_ran_each_job():
     assert got == {1: ("ok", 0, 3.0), 2: ("ok", 1, 4.0)}
     table = smoke.markdown(rep)
     assert "| r1  | ok | 3.0 | 9.5 |" in table and "| r2  | ok | 4.0 | 1.0 |" in table
+
+
+def test_run_does_not_start_a_job_whose_inputs_are_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = _plan(tmp_path, [{"rule": "a", "jobid": 1, "input": ["nope"], "output": ["a"], "log": ["a.log"],
+                             "shell": "touch a"}])  # fmt: skip
+    assert _run(tmp_path, plan)["a"]["status"] == "not run: inputs missing (nope)"
+    assert not Path("a").exists()

@@ -329,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
             failed.add(jid)
         elif left <= 0:
             entry["status"] = "not run: deadline"
+        elif missing := [i for i in job["input"] if not Path(i).exists()]:
+            entry["status"] = f"not run: inputs missing ({', '.join(missing[:3])})"
         else:
             kill = args.kill_glob if (args.kill == job["rule"] and not killed_once) else None
             log.info("job %d %s %s (%.0f s left)", jid, job["rule"], job["wildcards"], left)
