@@ -189,3 +189,15 @@ def test_run_does_not_start_a_job_whose_inputs_are_missing(tmp_path, monkeypatch
                              "shell": "touch a"}])  # fmt: skip
     assert _run(tmp_path, plan)["a"]["status"] == "not run: inputs missing (nope)"
     assert not Path("a").exists()
+
+
+def test_smoke_overlay_merged_onto_the_paper_config_validates():
+    from snakemake.utils import update_config
+
+    from vqinsight.config import validate_config
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config/smoke.yaml").read_text()))  # what --configfile a b does
+    validate_config(config, REPO / "config/schema.yaml", source="config.yaml + smoke.yaml")
+    assert config["model"]["base"] == "results/smoke/models/Qwen2.5-VL-3B-Instruct"
+    assert config["datasets"]["lsvq"]["source"] == "synthetic" and config["data"]["nframes"] == 16

@@ -1,14 +1,15 @@
 """The paper config's DAG on one GPU (config/smoke.yaml): random-weight checkpoints, the jobs' rendered commands, a
 replay that times every job and records its peak GPU memory.
 
-    # 1. where Snakemake runs (no GPU needed): render every job's exact command, in dependency order
+    # 1. on the GPU machine: the real architectures with random weights, as local checkpoint directories
+    python -m vqinsight.bench smoke models --root results/smoke/models
+    # 2. render every job's exact command (where Snakemake runs; elsewhere, empty model directories suffice)
     snakemake -n -p --cores 16 --configfile config/config.yaml config/smoke.yaml > dry.txt
     python -m vqinsight.bench smoke plan --dry-run dry.txt --out smoke-plan.json
-    # 2. on the GPU machine: the real architectures with random weights, as local checkpoint directories
-    python -m vqinsight.bench smoke models --root results/smoke/models
     # 3. replay the jobs (most important first), time each, sample the GPU's memory, write the report as it goes
-    python -m vqinsight.bench smoke run --plan smoke-plan.json --report smoke.json --deadline-s 540 \\
-        [--kill dpo_train --kill-glob 'results/smoke/stage3/checkpoints/*/step-*/COMPLETE']
+    python -m vqinsight.bench smoke run --plan smoke-plan.json --report smoke.json --deadline-s 3600 \\
+        [--kill dpo_train --kill-glob 'results/smoke/stage3/checkpoints/united_r1/step-*/COMPLETE']
+    python -m vqinsight.bench smoke summary --reports smoke.json [more.json] --out merged.json   # + Markdown table
 
 ``models`` writes the Qwen2.5-VL-3B-Instruct architecture (bf16, the project's byte-level tokenizer, the paper's
 pixel budgets in its processor), the ModelScope text-to-video-ms-1.7b layout (UNet3D without the w-embedding, SD
