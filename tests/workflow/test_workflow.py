@@ -221,8 +221,9 @@ def _eval(demo_run: Path, model: str) -> dict:
 def test_stage1_judge_learns_the_score_by_grpo(demo_run):
     """Acceptance: held-out SRCC rises from ~0 (format-only warm start, random answers) to >= 0.3 by GRPO.
 
-    The claim holds for every seed and CPU float order of the grid in docs/DEMO_LEARNING.md (measured 0.40-0.62);
-    CI runs it uncapped and with the kernels capped at AVX2 (make test-learning-avx2)."""
+    Seed 0 (the demo's) reaches 0.49-0.55 under both CPU float orders of the grid in docs/DEMO_LEARNING.md, which
+    also says on how many other seeds the claim holds. CI runs it uncapped and with the kernels capped at AVX2
+    (make test-learning-avx2)."""
     res = _eval(demo_run, "stage1/model")
     before, after = res["before"]["image_score"], res["after"]["image_score"]
     assert before["format_rate"] >= 0.95 and abs(before["srcc"]) <= 0.2, before
@@ -247,8 +248,8 @@ def test_stage2_comparison_judge_learns_a_verdict_by_grpo(demo_run):
 @DEMO_TIMEOUT
 def test_stage2_video_score_models_rank_held_out_videos(demo_run):
     """The video score models rank held-out videos: `naturalvideo` on LSVQ (what stage 1 transferred, kept at lr
-    1e-4) and `aigcvideo` on LGVQ's spatial dimension (learned by GRPO), SRCC >= 0.3 each, as on every seed and CPU
-    float order of docs/DEMO_LEARNING.md's grid."""
+    1e-4, beta 0.04) and `aigcvideo` on LGVQ's spatial dimension (learned by GRPO), SRCC >= 0.3 each. Seed 0 gives
+    0.56-0.61 for both under both CPU float orders of docs/DEMO_LEARNING.md's grid."""
     natural = _eval(demo_run, "stage2/naturalvideo/full/model")["after"]["video_score"]
     assert natural["srcc"] >= 0.3, natural
     aigc = _eval(demo_run, "stage2/aigcvideo/full/model")["after"]["multidim_score"]
