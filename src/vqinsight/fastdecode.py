@@ -5,7 +5,7 @@
     tokens = dec.generate(enc, max_new_tokens=512, temperature=1.0, top_p=0.95, eos_token_id=eos,
                           suppress_token_ids=vision_ids)   # (B, 512) long, eos-padded after a row's eos
 
-Why (docs/PERFORMANCE.md, ../shared/reference/bench/FINDINGS.md): `generate()` spends ~110 ms per decode step of
+Why (docs/PERFORMANCE.md): `generate()` spends ~110 ms per decode step of
 the 7B model at batch 32 on an H100, almost all of it on the host (cuDNN attention planning for a new KV length
 every step, the dynamic cache's concatenations, generate's own bookkeeping), while reading the weights and the KV
 cache once takes ~7 ms. This module keeps the prompt's prefill in transformers (vision tower, 3-D multimodal

@@ -7,7 +7,7 @@
 One JSON line per (row, order). Comparisons are judged in both orders, (A, B) and (B, A), so the report can give
 the swap-flip rate and the margin is free of position bias.
 
-**Margin for tie calibration** (documented choice, ../shared/reference/anchors-mission.md §4.3). The judge answers
+**Margin for tie calibration** (documented choice, docs/EVALUATION.md). The judge answers
 "Video A" or "Video B", which makes the pairwise margin binary and the tie-calibrated accuracy degenerate. We use
 the probability mass of the two answers at the answer position: after the judge's own (greedy) reasoning, the
 text up to and including ``<answer>`` is fed back and the likelihood of each answer string is read by teacher

@@ -61,7 +61,7 @@ VQA_ANSWER = (
 
 # -- short style (the embedded demo) -------------------------------------------------------------------------------
 # A tiny randomly initialised VLM learns from the pixels only when the prompt is a handful of tokens: long
-# instructions drown the few visual tokens (../shared/reference/learning-feasibility.md). The short style keeps a
+# instructions drown the few visual tokens (a measured CPU feasibility run). The short style keeps a
 # task tag so mixed-task batches stay distinguishable, and no system prompt. The answer format is the same.
 STYLES: tuple[str, ...] = ("full", "short")
 SHORT_TEXT: dict[str, str] = {

@@ -3,7 +3,7 @@
     python -m vqinsight.bench decode --out $OUT/decode.json                  # 7B, bf16, one GPU
     python -m vqinsight.bench decode --size tiny --batches 2 --new-tokens 16 --out /tmp/decode.json   # CPU smoke
 
-Prompt as in the reference baseline (../shared/reference/bench/hf_rollout_baseline.py): one 16-frame 448×448 video
+Prompt as in the H100 baseline measurement of transformers' generate(): one 16-frame 448×448 video
 (2,048 video tokens) between 20 + 80 random text tokens, the same for every row. Random weights. For each batch size
 both engines generate ``--new-tokens`` tokens with sampling (temperature 1, top-p 0.95, no eos so every row runs to
 the end), after one warm-up call each; the baseline is measured IN THE SAME RUN. Reported: wall seconds,
@@ -245,7 +245,7 @@ def run(a: argparse.Namespace, res: dict[str, Any], model, device) -> None:
                     }
                     if name == "hf_generate" and a.hf_repeat:
                         # generate()'s host cost is mostly cuDNN planning attention for each new KV length
-                        # (../shared/reference/bench/FINDINGS.md); a second call over the same lengths reuses
+                        # (the baseline profile); a second call over the same lengths reuses
                         # those plans, as a long run that has met every length would
                         _, t2 = timed(call, device)
                         row[name]["repeat_same_lengths"] = {

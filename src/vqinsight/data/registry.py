@@ -1,6 +1,6 @@
 """Registry of every dataset the paper uses: where it is published, its native format, label range, tasks.
 
-Facts from ../shared/reference/anchors-mission.md §7 (and docs/DATASETS.md, which documents the native layouts).
+Facts from the datasets' public releases (docs/DATASETS.md documents the native layouts and their sources).
 Download locations and checksums are run configuration and live in config/config.yaml, not here.
 """
 

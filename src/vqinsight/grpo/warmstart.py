@@ -8,7 +8,7 @@ A randomly initialised model cannot emit `<think>…</think><answer>…</answer>
 signal. This supervised warm start teaches the answer FORMAT of each task only: the answers it is trained on
 (scores, dimension scores, Video A/B, yes/no) are drawn at random, independent of the media, so any correlation
 with quality that appears later was learned by GRPO. The think text is fixed ("ok"): with a tiny model, random
-think text takes most of the policy-gradient variance (../shared/reference/learning-feasibility.md).
+think text takes most of the policy-gradient variance (measured in the CPU feasibility run the demo follows).
 """
 
 from __future__ import annotations
