@@ -313,38 +313,25 @@ class Judge:
 
     # -- batched -------------------------------------------------------------------------------------------
     def score_many(self, videos: Sequence, prompts: Sequence[str | None] | None = None) -> list[ScoreResult]:
-        rows = [self._row(None, [v], p) for v, p in zip(videos, _prompts(prompts, len(videos)), strict=True)]
-        out = []
-        for row, rec in zip(rows, self._run(rows), strict=True):
-            out.append(
-                ScoreResult(
-                    row["media"][0],
-                    rec["pred"],
-                    self.settings.scale,
-                    rec["answer"],
-                    _reasoning(rec["completion"]),
-                    row["prompt_text"],
-                )
-            )
-        return out
+        return self._scores(ScoreResult, None, videos, prompts)
 
     def multidim_many(self, videos: Sequence, prompts: Sequence[str | None] | None = None) -> list[MultiDimResult]:
-        rows = [
-            self._row("multidim_score", [v], p) for v, p in zip(videos, _prompts(prompts, len(videos)), strict=True)
-        ]
-        out = []
-        for row, rec in zip(rows, self._run(rows), strict=True):
-            out.append(
-                MultiDimResult(
-                    row["media"][0],
-                    rec["pred"],
-                    self.settings.scale,
-                    rec["answer"],
-                    _reasoning(rec["completion"]),
-                    row["prompt_text"],
-                )
+        return self._scores(MultiDimResult, "multidim_score", videos, prompts)
+
+    def _scores(self, result: type, task: str | None, videos: Sequence, prompts: Sequence[str | None] | None) -> list:
+        """One single-video judgment per video (score or multi-dimension), as ``result`` records."""
+        rows = [self._row(task, [v], p) for v, p in zip(videos, _prompts(prompts, len(videos)), strict=True)]
+        return [
+            result(
+                row["media"][0],
+                rec["pred"],
+                self.settings.scale,
+                rec["answer"],
+                _reasoning(rec["completion"]),
+                row["prompt_text"],
             )
-        return out
+            for row, rec in zip(rows, self._run(rows), strict=True)
+        ]
 
     def ask_many(
         self, videos: Sequence, questions: Sequence[str], prompts: Sequence[str | None] | None = None
