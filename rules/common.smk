@@ -48,6 +48,12 @@ def repo_file(path):
     return path if os.path.isabs(path) else os.path.relpath(Path(workflow.basedir) / path)
 
 
+def report_caption(name):
+    """A caption of the HTML report (docs/report/<name>), absolute: Snakemake reads captions relative to the rule file
+    that names them, not the working directory, and they are not job inputs (moving the project reruns nothing)."""
+    return str(Path(workflow.basedir) / "docs" / "report" / name)
+
+
 # Code whose edits must rerun the cheap rules that use it (Snakemake's code trigger only sees rule text).
 SRC = Path(repo_file("src/vqinsight"))
 DATA_CODE = [

@@ -31,7 +31,7 @@ rule tables:
             report(
                 f"{RESULTS}/tables/{t}.csv",
                 category="Tables",
-                caption=repo_file("docs/report/tables.rst"),
+                caption=report_caption("tables.rst"),
             )
             for t in TABLES
         ],
@@ -55,14 +55,14 @@ rule tables_html:
         index=report(
             f"{RESULTS}/tables/html/index.html",
             category="Results",
-            caption=repo_file("docs/report/results.rst"),
+            caption=report_caption("results.rst"),
         ),
         pages=[
             report(
                 f"{RESULTS}/tables/html/{t}.html",
                 category="Tables",
                 subcategory="HTML",
-                caption=repo_file("docs/report/tables.rst"),
+                caption=report_caption("tables.rst"),
             )
             for t in HTML_TABLES
         ],
@@ -89,7 +89,7 @@ rule figures:
             directory(f"{RESULTS}/figures"),
             patterns=["{name}.png"],
             category="Figures",
-            caption=repo_file("docs/report/figures.rst"),
+            caption=report_caption("figures.rst"),
         ),
     log:
         f"{LOGS}/report/figures.log",
@@ -112,7 +112,7 @@ rule learning:
         code=REPORT_CODE,
     output:
         md=f"{RESULTS}/tables/learning.md",
-        csv=report(f"{RESULTS}/tables/learning.csv", category="Tables", caption=repo_file("docs/report/tables.rst")),
+        csv=report(f"{RESULTS}/tables/learning.csv", category="Tables", caption=report_caption("tables.rst")),
         json=f"{RESULTS}/tables/learning.json",
     log:
         f"{LOGS}/report/learning.log",
@@ -131,7 +131,7 @@ rule provenance:
         meta=provenance_files,
         code=REPORT_CODE,
     output:
-        report(f"{RESULTS}/provenance.csv", category="Provenance", caption=repo_file("docs/report/provenance.rst")),
+        report(f"{RESULTS}/provenance.csv", category="Provenance", caption=report_caption("provenance.rst")),
     log:
         f"{LOGS}/report/provenance.log",
     conda:

@@ -434,7 +434,7 @@ rule table6:
     output:
         md=f"{RESULTS}/tables/table6.md",
         tex=f"{RESULTS}/tables/table6.tex",
-        csv=report(f"{RESULTS}/tables/table6.csv", category="Tables", caption=repo_file("docs/report/tables.rst")),
+        csv=report(f"{RESULTS}/tables/table6.csv", category="Tables", caption=report_caption("tables.rst")),
     log:
         f"{LOGS}/report/table6.log",
     conda:
