@@ -217,8 +217,8 @@ CHAIN_DATASETS = _chain_datasets()
 
 
 def data_priority(wildcards):
-    """The chain's datasets first; every other dataset before the stage-2 jobs that read it (at priority 0 the
-    LGVQ frame cache once ran at 861 s, behind the evaluation jobs, and held the aigcvideo models to the end)."""
+    """The chain's datasets first; every other dataset before the stage-2 jobs that read it (at priority 0 a frame
+    cache waits behind the evaluation jobs and holds back the stage-2 models that read it)."""
     return PRIORITY_CHAIN if wildcards.dataset in CHAIN_DATASETS else PRIORITY_STAGE3
 
 

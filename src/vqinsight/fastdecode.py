@@ -5,11 +5,11 @@
     tokens = dec.generate(enc, max_new_tokens=512, temperature=1.0, top_p=0.95, eos_token_id=eos,
                           suppress_token_ids=vision_ids)   # (B, 512) long, eos-padded after a row's eos
 
-Why (docs/PERFORMANCE.md): `generate()` spends ~110 ms per decode step of
-the 7B model at batch 32 on an H100, almost all of it on the host (cuDNN attention planning for a new KV length
-every step, the dynamic cache's concatenations, generate's own bookkeeping), while reading the weights and the KV
-cache once takes ~7 ms. This module keeps the prompt's prefill in transformers (vision tower, 3-D multimodal
-positions, `rope_deltas`) and replaces the decode loop:
+Why (docs/PERFORMANCE.md): `generate()` spends most of each decode step of the 7B model on the host (cuDNN
+attention planning for a new KV length every step, the dynamic cache's concatenations, generate's own
+bookkeeping), several times what reading the weights and the KV cache once takes on the GPU. This module keeps
+the prompt's prefill in transformers (vision tower, 3-D multimodal positions, `rope_deltas`) and replaces the
+decode loop:
 
 - **Static KV cache** of (B, kv_heads, prompt_len + max_new_tokens, head_dim) per layer, filled from the prefill
   cache once; each step writes its key/value at a device-side index (``index_copy_``), so no tensor changes shape.
@@ -154,16 +154,16 @@ class StaticDecoder:
         self.use_cuda_graph = (self.device.type == "cuda") if use_cuda_graph is None else use_cuda_graph
         # attention of the step's query token: "matmul" = two batched matmuls with a float32 softmax; "sdpa" = one
         # scaled_dot_product_attention call over the static cache with an additive mask (the 7 query heads of a KV
-        # group as 7 query rows), which on an H200 is 2.3x faster per layer (docs/PERFORMANCE.md). "auto": sdpa on
+        # group as 7 query rows), faster per layer on a GPU (docs/PERFORMANCE.md). "auto": sdpa on
         # CUDA, matmul elsewhere, so the CPU demo's rollouts keep their float summation order.
         self.sdpa = attention == "sdpa" or (attention == "auto" and self.device.type == "cuda")
         cuda = self.device.type == "cuda"
         self.compiled = cuda if compile is None else bool(compile)
         # top-p: "sort" = sort the vocabulary and cut the cumulative mass (transformers' rule); "bisect" = the same
         # nucleus found as a probability threshold by 30 halvings of its float bit pattern (no sort; ties at the
-        # threshold are all kept). "auto": bisect when the step is compiled on CUDA (7.23 -> 7.04 ms per step on an
-        # H200), the sort otherwise, so the CPU demo's draws stay as they were.
-        # (uncompiled, the bisection's 30 passes are slower than one sort: 3.7 vs 0.86 ms at 32 x 152k on an H200)
+        # threshold are all kept). "auto": bisect when the step is compiled on CUDA (docs/PERFORMANCE.md), the sort
+        # otherwise, so the CPU demo's draws stay as they were (uncompiled, the bisection's 30 passes are slower
+        # than one sort).
         self.bisect_top_p = top_p_method == "bisect" or (top_p_method == "auto" and cuda and self.compiled)
         self._auto_top_p = top_p_method == "auto"
         # length_bucket: the static cache's length is rounded up to a multiple of it, so prompts of other lengths
@@ -182,10 +182,10 @@ class StaticDecoder:
         if fuse_weights:
             self.refresh_weights()
         # compile: torch.compile fuses the element-wise work (norms, rotary, masking, the top-p search) of the step
-        # into few kernels: 9.86 -> 7.63 ms per step on the 7B at batch 32 on an H200 (docs/PERFORMANCE.md). None
-        # (the default): on CUDA, off elsewhere (the CPU demo keeps its eager step). The compile costs ~40-65 s once
-        # per process on the 7B (less with a warm inductor cache); batch, cache length and output width are dynamic
-        # (_mark_dynamic), so GRPO's changing shapes did not recompile in six 7B runs. If compiling fails (no triton,
+        # into few kernels (docs/PERFORMANCE.md). None (the default): on CUDA, off elsewhere (the CPU demo keeps its
+        # eager step). The compile costs tens of seconds once per process on the 7B (less with a warm inductor
+        # cache); batch, cache length and output width are dynamic (_mark_dynamic), so GRPO's changing shapes do
+        # not recompile. If compiling fails (no triton,
         # no C compiler), the step runs eagerly.
         self._forward_fn = self._forward
         self._top_p_fn = _top_p_bisect
@@ -340,7 +340,7 @@ class StaticDecoder:
     def _mark_dynamic(s: _State) -> None:
         """Batch, cache length and output width as dynamic dimensions from the first compile on, so a new shape
         (GRPO's shuffled rollouts are a smaller batch; a longer completion cap moves the cache to another length
-        bucket) never recompiles. Left to dynamo, each new shape cost one ~40 s recompile of the 7B step."""
+        bucket) never recompiles. Left to dynamo, each new shape would recompile the step."""
         from torch._dynamo import maybe_mark_dynamic
 
         for t in (*s.k, *s.v):

@@ -490,7 +490,7 @@ def _stop_input_grad_hook_leak(model: Any) -> None:
     ``gradient_checkpointing_enable()`` (transformers 5.24) registers one more ``make_inputs_require_grads`` forward
     hook on the input embeddings without removing the previous one: 2 -> 3 -> 5 -> 8 hooks after a few tiny steps,
     every one of them run by every later forward, for the whole run. The growing hook dict also fails torch.compile's
-    guards, so the compiled decode step recompiled on nearly every rollout call (~40 s each on the 7B). Each
+    guards, so the compiled decode step would recompile on nearly every rollout call. Each
     PreTrainedModel inside ``model`` gets an instance-level ``enable_input_require_grads`` that first removes the
     hooks its previous call registered (``disable_input_require_grads``), then registers them again.
     """
@@ -584,8 +584,8 @@ class VideoGRPOTrainer(GRPOTrainer):
       decoded in the same batch as the ordered ones, one prefill and one decode loop per step instead of two. A
       decode step costs about the same at batch 8 and 12 (it reads the weights), so on the 7B this saves most of
       the shuffled rollouts' time (docs/PERFORMANCE.md). Off, or with the ``hf`` engine, they are a separate call.
-    * ``rollout_compile``: ``torch.compile`` the static engine's decode step (7.63 instead of 9.86 ms per step on the
-      7B at batch 32 on an H200; one ~40 s compile per run; never under ZeRO-3). None (default): on CUDA only.
+    * ``rollout_compile``: ``torch.compile`` the static engine's decode step (docs/PERFORMANCE.md; one compile per
+      process; never under ZeRO-3). None (default): on CUDA only.
     * ``checkpoint_layers``: with ``gradient_checkpointing``, recompute only the first N language-model layers;
       the rest keep their activations (``limit_checkpointed_layers``). None (default): every layer, as transformers
       does. Costs about (L - N) layers' activations of memory, saves their forward recompute in the backward.
