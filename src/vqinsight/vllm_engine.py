@@ -1,4 +1,4 @@
-"""Optional vLLM engine for the judge: ``python -m vqinsight.judge --engine vllm`` (issue 7).
+"""Optional vLLM engine for the judge: ``python -m vqinsight.judge --engine vllm``.
 
 vLLM is the engine a cluster user would pick for stage 3's judging at scale (all C(N, 2) pairs of every prompt's
 videos, in both orders). It is not a dependency of this project: install it on the cluster (``pip install vllm``,

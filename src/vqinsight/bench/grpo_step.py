@@ -89,7 +89,7 @@ ARCHS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {  # text, visio
     "7b": (TEXT_7B, VISION_7B, False),
     "3b": (TEXT_3B, VISION_3B, True),
 }
-#: peak dense bf16 matmul rate used for MFU: measured on the H100 (issue 7's baseline) and the data-sheet value
+#: peak dense bf16 matmul rate used for MFU: measured once on an H100 (docs/PERFORMANCE.md) and the data-sheet value
 PEAK_TFLOPS = {"measured": 798.0, "datasheet": 989.0}
 
 #: Stage-2 reward recipe (config/recipes/paper_stage2.yaml); the trainer appends the temporal reward.
