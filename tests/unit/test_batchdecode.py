@@ -1,0 +1,183 @@
+"""The continuous-batching decoder against transformers' generate() on the tiny Qwen2.5-VL (CPU, eager step)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vqinsight.batchdecode import BatchDecoder, Request, requests_from_batch
+from vqinsight.models.load import load_model_and_processor, vision_token_ids
+from vqinsight.models.tiny import build_tiny
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(1)
+    d: Path = build_tiny(tmp_path_factory.mktemp("models") / "tiny")
+    model, processor = load_model_and_processor(str(d))
+    return model.eval(), processor
+
+
+def _video(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (4, 56, 84, 3), dtype=np.uint8)
+
+
+def _encode(processor, rows):
+    """A left-padded processor batch of (videos, text) rows, each video as its own content part."""
+    texts, videos = [], []
+    for vids, text in rows:
+        content = []
+        for i, v in enumerate(vids):
+            content += [{"type": "text", "text": f"Video {'AB'[i]}:"}, {"type": "video", "video": v}]
+        msgs = [{"role": "system", "content": [{"type": "text", "text": "You judge videos."}]},
+                {"role": "user", "content": [*content, {"type": "text", "text": text}]}]  # fmt: skip
+        texts.append(processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        videos += vids
+    processor.tokenizer.padding_side = "left"
+    return processor(text=texts, videos=videos or None, padding=True, return_tensors="pt")
+
+
+def _reference(model, processor, rows, n, eos=None):
+    """generate() one row at a time (no padding): each row's new tokens up to and including its eos."""
+    sup = vision_token_ids(model)
+    outs = []
+    for row in rows:
+        enc = _encode(processor, [row])
+        kw = {"eos_token_id": eos} if eos is not None else {"min_new_tokens": n}
+        with torch.no_grad():
+            seq = model.generate(**enc, do_sample=False, max_new_tokens=n, suppress_tokens=sup, **kw)
+        new = seq[0, enc["input_ids"].shape[1] :].tolist()
+        if eos is not None and eos in new:
+            new = new[: new.index(eos) + 1]
+        outs.append(new)
+    return outs
+
+
+MIXED = [
+    ([_video(1), _video(2)], "Which of the two videos is better? Explain in detail, then answer."),
+    ([_video(3)], "Rate it."),
+    ([], "Say something about video quality xxxxx"),
+    ([_video(4), _video(1)], "Which is better?"),
+]
+
+
+def test_greedy_tokens_equal_generate_with_slots_refilled(loaded):
+    """Four prompts of different lengths and media through two slots: every row equals its own generate()."""
+    model, processor = loaded
+    n = 24
+    ref = _reference(model, processor, MIXED, n)
+    reqs = requests_from_batch(model, _encode(processor, MIXED))
+    dec = BatchDecoder(model, max_batch=2, check_every=5)
+    out = dec.generate(reqs, n, suppress_token_ids=vision_token_ids(model))
+    assert out == ref
+    assert dec.stats["admissions"] == 4 and dec.stats["prefix_prefills"] == 0
+    sup = set(vision_token_ids(model))
+    assert not any(t in sup for row in out for t in row), "vision placeholders are never produced"
+
+
+def _pairs(n_videos: int):
+    """Every ordered pair of n_videos videos (both orders), as comparison rows keyed by their first video."""
+    rows, keys = [], []
+    for i, j in itertools.permutations(range(n_videos), 2):
+        rows.append(([_video(10 + i), _video(10 + j)], "Which video is better? Answer Video A or Video B."))
+        keys.append(f"v{i}")
+    return rows, keys
+
+
+def test_prefix_sharing_prefills_each_first_video_once_and_changes_no_token(loaded):
+    model, processor = loaded
+    rows, keys = _pairs(3)  # 6 judgments, 2 per first video, interleaved in the input order below
+    order = [0, 2, 4, 1, 3, 5]
+    rows, keys = [rows[i] for i in order], [keys[i] for i in order]
+    enc = _encode(processor, rows)
+    n = 16
+    sup = vision_token_ids(model)
+    plain = BatchDecoder(model, max_batch=3).generate(requests_from_batch(model, enc), n, suppress_token_ids=sup)
+    shared_reqs = requests_from_batch(model, enc, keys=keys)
+    end = model.config.vision_end_token_id
+    for r in shared_reqs:  # the prefix ends with video A's block; video B's block follows in the suffix
+        assert r.ids[r.share - 1] == end and int((r.ids[r.share :] == end).sum()) == 1
+    dec = BatchDecoder(model, max_batch=3, check_every=3)
+    shared = dec.generate(shared_reqs, n, suppress_token_ids=sup)
+    assert shared == plain, "results come back in request order, whatever the admission order"
+    assert dec.stats["prefix_prefills"] == 3 and dec.stats["prefix_hits"] == 3
+    own = sum(r.ids.numel() - r.share for r in shared_reqs)
+    assert dec.stats["prefill_tokens"] == own + 3 * shared_reqs[0].share, "each prefix once, each suffix once"
+    assert plain == _reference(model, processor, rows, n)
+
+
+def test_per_row_limits_end_rows_early_and_keep_their_tokens(loaded):
+    model, processor = loaded
+    n = 20
+    full = BatchDecoder(model, max_batch=4).generate(requests_from_batch(model, _encode(processor, MIXED)), n)
+    caps = [3, 20, 7, 1]
+    reqs = requests_from_batch(model, _encode(processor, MIXED), max_new_tokens=caps)
+    dec = BatchDecoder(model, max_batch=2, check_every=2)
+    out = dec.generate(reqs, n)
+    assert [len(o) for o in out] == caps
+    assert out == [f[:c] for f, c in zip(full, caps, strict=True)]
+    # the short rows freed their slots early: fewer decode steps than two waves of the longest row
+    assert dec.stats["decode_steps"] < 2 * n
+
+
+def test_eos_ends_a_row_as_generate_does(loaded):
+    model, processor = loaded
+    n = 24
+    greedy = _reference(model, processor, MIXED, n)
+    eos = greedy[0][5]  # pretend the 6th greedy token of row 0 is the end of sequence
+    ref = _reference(model, processor, MIXED, n, eos=eos)
+    out = BatchDecoder(model, max_batch=3, check_every=4).generate(
+        requests_from_batch(model, _encode(processor, MIXED)), n, eos_token_id=eos,
+        suppress_token_ids=vision_token_ids(model),
+    )  # fmt: skip
+    assert out == ref
+    assert len(out[0]) == 6 and out[0][-1] == eos
+
+
+def test_sampling_is_seeded_and_a_one_token_nucleus_is_greedy(loaded):
+    model, processor = loaded
+    reqs = requests_from_batch(model, _encode(processor, MIXED[:3]))
+    dec = BatchDecoder(model, max_batch=3)
+    torch.manual_seed(0)
+    a = dec.generate(reqs, 12, do_sample=True, temperature=1.0, top_p=0.9)
+    torch.manual_seed(0)
+    assert dec.generate(reqs, 12, do_sample=True, temperature=1.0, top_p=0.9) == a
+    assert dec.generate(reqs, 12, do_sample=True, top_p=1e-6) == dec.generate(reqs, 12)
+
+
+def test_copies_of_one_prompt_share_it_whole(loaded):
+    """GRPO's G rollouts of one prompt: share everything but the last prompt token."""
+    model, processor = loaded
+    enc = _encode(processor, MIXED[:2])
+    base = requests_from_batch(model, enc)
+    reqs = [Request(r.ids, r.positions, r.vision, share=r.ids.numel(), share_key=("p", i))
+            for i, r in enumerate(base) for _ in range(3)]  # fmt: skip
+    assert all(r.share == r.ids.numel() - 1 for r in reqs)
+    dec = BatchDecoder(model, max_batch=4)
+    out = dec.generate(reqs, 10)
+    single = BatchDecoder(model, max_batch=2).generate(base, 10)
+    assert out == [o for o in single for _ in range(3)]
+    assert (
+        dec.stats["prefix_prefills"] == 2 and dec.stats["prefill_tokens"] == sum(r.ids.numel() - 1 for r in base) + 6
+    )
+
+
+def test_bad_requests_are_refused(loaded):
+    model, processor = loaded
+    r = requests_from_batch(model, _encode(processor, MIXED[:1]))[0]
+    with pytest.raises(ValueError, match="positions must be"):
+        Request(r.ids, r.positions[:, :-1])
+    with pytest.raises(ValueError, match="outside"):
+        Request(r.ids[:5], r.positions[:, :5], r.vision)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        BatchDecoder(model).generate([r], 0)
+    r = requests_from_batch(model, _encode(processor, MIXED[:1]), keys=["k"])[0]
+    assert r.share > 0
+    other = Request(r.ids.flip(0), r.positions, share=r.share, share_key="k")
+    same = Request(r.ids, r.positions, r.vision, share=r.share, share_key="k")
+    with pytest.raises(ValueError, match="differ in their first"):
+        BatchDecoder(model, max_batch=1).generate([same, other], 2)
