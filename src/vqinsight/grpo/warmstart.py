@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import write_meta
-from .common import add_media_args, media_spec, processor_pixels, save_atomically, seed_everything
-from .data import MediaLoader, encode_batch, select_rows, to_records
+from ..records import select_rows, to_records
+from .common import save_atomically, seed_everything
+from .data import encode_batch
 
 log = logging.getLogger("vqinsight.warmstart")
 THINK = "ok"
