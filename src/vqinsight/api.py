@@ -32,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .judge import FORMATS, Item, expand, open_judge
+from .judge.engine import open_judge
+from .judge.formats import FORMATS
 from .parsing import completion_text, extract_think
 from .prompts import STYLES
+from .records import Item, expand
 from .video import MediaError
 
 log = logging.getLogger("vqinsight.api")
@@ -246,7 +248,7 @@ class Judge:
         (``default_cache_dir()``). Runs on the GPU when there is one (bfloat16), else on the CPU (float32).
         ``compile``: torch.compile the static engine's decode step (None: on CUDA only; it pays off over many
         batches, after about a minute of compiling on the 7B)."""
-        from .grpo.data import MediaSpec
+        from .media import MediaSpec
 
         path = Path(model_dir)
         if not path.exists():

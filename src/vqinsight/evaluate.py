@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .judge import load_predictions
 from .parsing import is_well_formed, on_scale
 from .provenance import atomic_write_json, atomic_write_text, write_meta
+from .records import load_predictions
 
 log = logging.getLogger("vqinsight.evaluate")
 

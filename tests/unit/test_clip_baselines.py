@@ -19,7 +19,7 @@ import torch
 from vqinsight.baselines import clip as clip_baselines
 from vqinsight.baselines.clip import main
 from vqinsight.data.manifest import to_frame
-from vqinsight.grpo.data import MediaLoader, MediaSpec
+from vqinsight.media import MediaLoader, MediaSpec
 from vqinsight.models.tiny_clip import build_tiny_clip
 from vqinsight.video import available_backends, write_video
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vqinsight import judge
 from vqinsight.grpo.reward_funcs import REWARD_KEYS, build_reward_funcs
+from vqinsight.judge import formats as judge
 from vqinsight.parsing import (
     DIMENSIONS,
     completion_text,

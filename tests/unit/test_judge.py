@@ -15,9 +15,12 @@ import polars as pl
 import pytest
 import torch
 
-from vqinsight import judge as J
+from vqinsight import records
 from vqinsight.evaluate import comparison_pairs, compute
 from vqinsight.evaluate import main as evaluate_main
+from vqinsight.judge import __main__ as judge_cli
+from vqinsight.judge import engine as judge_engine
+from vqinsight.judge import formats
 
 
 # ----------------------------------------------------------------------------------------------- pure pieces
@@ -32,7 +35,7 @@ from vqinsight.evaluate import main as evaluate_main
     ],
 )
 def test_answer_prefix(completion: str, prefix: str) -> None:
-    assert J.answer_prefix(completion) == prefix
+    assert formats.answer_prefix(completion) == prefix
 
 
 def test_expand_judges_comparisons_in_both_orders() -> None:
@@ -41,7 +44,7 @@ def test_expand_judges_comparisons_in_both_orders() -> None:
         {"sample_id": "p2", "task": "comparison", "media": ["c.mp4", "d.mp4"], "gt_choice": "tie"},
         {"sample_id": "s1", "task": "video_score", "media": ["e.mp4"], "gt_score": 3.0},
     ]
-    items = J.expand(rows)
+    items = records.expand(rows)
     assert [it.key for it in items] == ["p1|AB", "p1|BA", "p2|AB", "p2|BA", "s1"]
     ba = items[1].row
     assert ba["media"] == ["b.mp4", "a.mp4"] and ba["gt_choice"] == "B"
@@ -73,12 +76,12 @@ def test_expand_judges_comparisons_in_both_orders() -> None:
     ],
 )
 def test_parse_prediction(task: str, completion: str, fmt: str, expected) -> None:
-    assert J.parse_prediction(task, completion, fmt, (1.0, 5.0))[1] == expected
+    assert formats.parse_prediction(task, completion, fmt, (1.0, 5.0))[1] == expected
 
 
 def test_parse_prediction_multidim_release_scale() -> None:
     comp = '<answer>{"spatial": 50, "temporal": 100, "consistency": 0}</answer>'
-    assert J.parse_prediction("multidim_score", comp, "release", (1.0, 5.0))[1] == {
+    assert formats.parse_prediction("multidim_score", comp, "release", (1.0, 5.0))[1] == {
         "spatial": 3.0,
         "temporal": 5.0,
         "alignment": 1.0,
@@ -187,27 +190,27 @@ def test_multidim_and_vqa_metrics() -> None:
 # ----------------------------------------------------------------------------------------------- resumable files
 def test_read_done_drops_a_torn_last_line(tmp_path: Path) -> None:
     part = tmp_path / "p.jsonl.partial"
-    J.append_records(part, [{"key": "a", "x": 1}, {"key": "b", "x": 2}])
+    records.append_records(part, [{"key": "a", "x": 1}, {"key": "b", "x": 2}])
     with open(part, "a") as f:
         f.write('{"key": "c", "x"')  # killed mid-write
-    assert J.read_done(part) == {"a", "b"}
+    assert records.read_done(part) == {"a", "b"}
     assert part.read_text().endswith('"x": 2}\n'), "the torn line is cut off so appends start on a clean line"
-    J.append_records(part, [{"key": "c", "x": 3}])
-    assert [r["key"] for r in J.load_predictions(part)] == ["a", "b", "c"]
+    records.append_records(part, [{"key": "c", "x": 3}])
+    assert [r["key"] for r in records.load_predictions(part)] == ["a", "b", "c"]
 
 
 def test_read_done_refuses_a_corrupt_middle_line(tmp_path: Path) -> None:
     part = tmp_path / "p.jsonl.partial"
     part.write_text('{"key": "a"}\ngarbage\n{"key": "b"}\n')
     with pytest.raises(ValueError, match="line 2"):
-        J.read_done(part)
+        records.read_done(part)
 
 
 def test_load_predictions_names_file_and_line(tmp_path: Path) -> None:
     p = tmp_path / "x.jsonl"
     p.write_text('{"key": "a"}\n{oops\n')
     with pytest.raises(ValueError, match=r"x\.jsonl: line 2"):
-        J.load_predictions(p)
+        records.load_predictions(p)
 
 
 # ----------------------------------------------------------------------------------------------- with a model
@@ -255,21 +258,22 @@ def _media(root: Path) -> list[str]:
 
 
 def _judge(world, manifest: str, task: str, out: Path, *extra: str) -> int:
-    return J.main(["--model", str(world["model"]), "--manifest", str(world[manifest]), "--task", task,
+    return judge_cli.main(["--model", str(world["model"]), "--manifest", str(world[manifest]), "--task", task,
                    "--out", str(out), "--style", "short", "--batch-size", "2", "--max-new-tokens", "6",
                    "--threads", "1", *extra, *_media(world["root"])])  # fmt: skip
 
 
 def test_candidate_probs_match_a_direct_forward(world) -> None:
-    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.media import MediaLoader, MediaSpec
     from vqinsight.models.load import load_model_and_processor
+    from vqinsight.records import select_rows, to_records
 
     model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
     loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
     rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
-    judge = J.Judge(model, proc, loader, style="short", max_new_tokens=6)
+    judge = judge_engine.Judge(model, proc, loader, style="short", max_new_tokens=6)
     prefix = "<think>ok</think><answer>"
-    probs = judge.candidate_probs(rows, [prefix] * len(rows), J.CANDIDATES["comparison"])
+    probs = judge.candidate_probs(rows, [prefix] * len(rows), formats.CANDIDATES["comparison"])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1.0)
     # Direct: log-likelihood of each answer string by one forward per string, masses summed per verdict.
     mass = []
@@ -287,25 +291,27 @@ def test_candidate_probs_match_a_direct_forward(world) -> None:
 def test_release_records_keep_the_released_scale(world, monkeypatch) -> None:
     """The official checkpoints answer on 0-100 (keys spatial / temporal / consistency): a record keeps that answer
     and the linear map onto the run's scale that gave `pred`."""
-    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.media import MediaLoader, MediaSpec
     from vqinsight.models.load import load_model_and_processor
+    from vqinsight.records import select_rows, to_records
 
     model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
     loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
     rows = to_records(select_rows([world["score"]], ["video_score"], "test"))[:2]
-    judge = J.Judge(model, proc, loader, fmt="release", scale=(1.0, 5.0), max_new_tokens=4)
+    judge = judge_engine.Judge(model, proc, loader, fmt="release", scale=(1.0, 5.0), max_new_tokens=4)
     monkeypatch.setattr(judge, "generate", lambda rows, **kw: ["<answer>75</answer>", "<answer>250</answer>"])
-    recs = judge.judge([J.Item(r["sample_id"], r, None) for r in rows])
+    recs = judge.judge([records.Item(r["sample_id"], r, None) for r in rows])
     assert [(r["pred_released"], r["pred"]) for r in recs] == [(75.0, 4.0), (None, None)]  # 250: off 0-100
     assert recs[0]["scale_map"] == {"from": [0.0, 100.0], "to": [1.0, 5.0]}
     comp = '<answer>{"spatial": 50, "temporal": 100, "consistency": 0}</answer>'
-    assert J.released_prediction("multidim_score", comp) == {"spatial": 50.0, "temporal": 100.0, "consistency": 0.0}
+    want = {"spatial": 50.0, "temporal": 100.0, "consistency": 0.0}
+    assert formats.released_prediction("multidim_score", comp) == want
 
 
 def test_judge_cli_writes_both_orders_and_resumes(world, tmp_path: Path) -> None:
     out = tmp_path / "pred" / "comp.jsonl"
     assert _judge(world, "comp", "comparison", out) == 0
-    recs = J.load_predictions(out)
+    recs = records.load_predictions(out)
     assert [r["key"] for r in recs] == ["x/test/p0|AB", "x/test/p0|BA", "x/test/p1|AB", "x/test/p1|BA"]
     for r in recs:
         assert set(r["p"]) == {"A", "B"} and r["p"]["A"] + r["p"]["B"] == pytest.approx(1.0)
@@ -319,7 +325,7 @@ def test_judge_cli_writes_both_orders_and_resumes(world, tmp_path: Path) -> None
     sentinel = dict(recs[0], completion="FROM BEFORE THE KILL")
     partial.write_text(json.dumps(sentinel) + "\n" + '{"key": "x/test/p0|BA", "sam')
     assert _judge(world, "comp", "comparison", out2) == 0
-    again = J.load_predictions(out2)
+    again = records.load_predictions(out2)
     assert [r["key"] for r in again] == [r["key"] for r in recs]
     assert again[0]["completion"] == "FROM BEFORE THE KILL", "finished rows are skipped, not recomputed"
     for a, b in zip(again[1:], recs[1:], strict=True):
@@ -331,7 +337,7 @@ def test_judge_cli_writes_both_orders_and_resumes(world, tmp_path: Path) -> None
 def test_evaluate_cli_on_judge_output(world, tmp_path: Path) -> None:
     pred = tmp_path / "score.jsonl"
     assert _judge(world, "score", "video_score", pred) == 0
-    assert len(J.load_predictions(pred)) == 3
+    assert len(records.load_predictions(pred)) == 3
     out = tmp_path / "m" / "score.json"
     args = [
         "--predictions",
@@ -354,7 +360,7 @@ def test_evaluate_cli_on_judge_output(world, tmp_path: Path) -> None:
 
 
 def test_judge_cli_errors_name_the_missing_path(world, tmp_path: Path, caplog) -> None:
-    assert J.main(["--model", str(world["model"]), "--manifest", str(tmp_path / "nope.parquet"), "--task",
+    assert judge_cli.main(["--model", str(world["model"]), "--manifest", str(tmp_path / "nope.parquet"), "--task",
                    "video_score", "--out", str(tmp_path / "o.jsonl"), *_media(world["root"])]) == 2  # fmt: skip
     assert "nope.parquet" in caplog.text
     assert _judge({**world, "model": tmp_path / "no_model"}, "score", "video_score", tmp_path / "o.jsonl") == 2
@@ -373,26 +379,27 @@ def test_judge_cli_errors_name_the_missing_path(world, tmp_path: Path, caplog) -
 )
 def test_prompt_formats(fmt: str, task: str, n_video_parts: int, needle: str) -> None:
     row = {"task": task, "media_type": "video", "prompt_text": "a cat", "question": None}
-    msgs = J.messages(row, ["v1", "v2"][:n_video_parts], fmt, "full", (1.0, 5.0))
+    msgs = formats.messages(row, ["v1", "v2"][:n_video_parts], fmt, "full", (1.0, 5.0))
     parts = msgs[-1]["content"]
     assert sum(p["type"] == "video" for p in parts) == n_video_parts
     assert needle in " ".join(p.get("text", "") for p in parts)
     with pytest.raises(ValueError, match="no vqa prompt"):
-        J.messages({**row, "task": "vqa"}, ["v1"], fmt if fmt != "vqinsight" else "release", "full", (1.0, 5.0))
+        formats.messages({**row, "task": "vqa"}, ["v1"], fmt if fmt != "vqinsight" else "release", "full", (1.0, 5.0))
 
 
 def test_static_engine_reuses_vision_features_and_equals_the_hf_engine(world) -> None:
     """Engine "static" (VisionCache + StaticDecoder): same model inputs, completions and margins as the per-pair
     transformers path, with each video processed and encoded once across pairs and both orders."""
-    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.media import MediaLoader, MediaSpec
     from vqinsight.models.load import load_model_and_processor
+    from vqinsight.records import select_rows, to_records
 
     model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
     loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
     rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
-    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))  # 2 pairs x 2 orders over 3 videos
-    hf = J.Judge(model, proc, loader, style="short", max_new_tokens=12)
-    fast = J.Judge(model, proc, loader, style="short", max_new_tokens=12, engine="static", cache_items=8)
+    items = records.expand(sorted(rows, key=lambda r: r["sample_id"]))  # 2 pairs x 2 orders over 3 videos
+    hf = judge_engine.Judge(model, proc, loader, style="short", max_new_tokens=12)
+    fast = judge_engine.Judge(model, proc, loader, style="short", max_new_tokens=12, engine="static", cache_items=8)
     batch = [it.row for it in items]
     ref, _ = hf._encode(batch)
     got, _ = fast._encode(batch)
@@ -414,12 +421,13 @@ def test_static_engine_reuses_vision_features_and_equals_the_hf_engine(world) ->
         assert r["p"] == pytest.approx(w["p"], abs=1e-5)
     assert fast.vision.misses == 3  # nothing was encoded twice
     assert not fast.decoder.compiled, "the decode step is compiled on CUDA only by default"
-    forced = J.Judge(model, proc, loader, engine="static", compile=True)  # --compile (compiles lazily, on first use)
+    # --compile (compiles lazily, on first use)
+    forced = judge_engine.Judge(model, proc, loader, engine="static", compile=True)
     assert forced.decoder.compiled
     with pytest.raises(ValueError, match="unknown engine"):
-        J.Judge(model, proc, loader, engine="sglang")
+        judge_engine.Judge(model, proc, loader, engine="sglang")
     with pytest.raises(ValueError, match="vllm"):
-        J.Judge(model, proc, loader, engine="vllm")  # no engine object
+        judge_engine.Judge(model, proc, loader, engine="vllm")  # no engine object
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -486,23 +494,24 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_engine_requests_and_records_equal_the_hf_engine(world, fake_vllm) -> None:
-    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.media import MediaLoader, MediaSpec
     from vqinsight.models.load import load_model_and_processor, vision_token_ids
+    from vqinsight.records import select_rows, to_records
     from vqinsight.vllm_engine import VLLMJudgeEngine
 
     model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
     loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
     rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
-    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))
+    items = records.expand(sorted(rows, key=lambda r: r["sample_id"]))
     engine = VLLMJudgeEngine(world["model"], max_new_tokens=12, suppress_token_ids=vision_token_ids(model),
                              seed=3, mm_processor_kwargs={"min_pixels": 784, "max_pixels": 4704},
                              llm_kwargs={"tensor_parallel_size": 1})  # fmt: skip
     (llm,) = fake_vllm.made
     assert llm.kw["limit_mm_per_prompt"] == {"image": 2, "video": 2} and llm.kw["seed"] == 3
     assert llm.kw["tensor_parallel_size"] == 1 and llm.kw["enable_prefix_caching"] is True
-    fast = J.Judge(None, proc, loader, style="short", max_new_tokens=12, engine="vllm", vllm=engine)
+    fast = judge_engine.Judge(None, proc, loader, style="short", max_new_tokens=12, engine="vllm", vllm=engine)
     assert fast.suppress == vision_token_ids(model)
-    hf = J.Judge(model, proc, loader, style="short", max_new_tokens=12)
+    hf = judge_engine.Judge(model, proc, loader, style="short", max_new_tokens=12)
     want, have = hf.judge(items), fast.judge(items)
     assert [r["completion"] for r in have] == [r["completion"] for r in want]
     for r, w in zip(have, want, strict=True):
@@ -525,7 +534,7 @@ def test_judge_cli_engine_vllm(world, fake_vllm, tmp_path: Path) -> None:
         _judge(world, "comp", "comparison", out, "--engine", "vllm", "--vllm-args", '{"gpu_memory_utilization": 0.5}')
         == 0
     )
-    recs = J.load_predictions(out)
+    recs = records.load_predictions(out)
     assert len(recs) == 4 and all("p" in r for r in recs)
     (llm,) = fake_vllm.made
     assert llm.kw["gpu_memory_utilization"] == 0.5
@@ -542,17 +551,18 @@ def test_judge_cli_engine_vllm_without_vllm_names_the_package(world, monkeypatch
 def test_margins_scored_from_the_generation_cache_equal_the_prefilled_ones(world) -> None:
     """--margin-from-cache (the CUDA default): the answer strings are teacher-forced after the greedy generation's
     own cache instead of a second prefill of prompt + completion; same margins as the per-pair transformers path."""
-    from vqinsight.grpo.data import MediaLoader, MediaSpec, select_rows, to_records
+    from vqinsight.media import MediaLoader, MediaSpec
     from vqinsight.models.load import load_model_and_processor
+    from vqinsight.records import select_rows, to_records
 
     model, proc = load_model_and_processor(str(world["model"]), video_pixels=(784, 4704), image_pixels=(784, 4704))
     loader = MediaLoader(MediaSpec(str(world["root"] / "cache"), 4, 4704, 784))
     rows = to_records(select_rows([world["comp"]], ["comparison"], "test", drop_ties=False))
-    items = J.expand(sorted(rows, key=lambda r: r["sample_id"]))
+    items = records.expand(sorted(rows, key=lambda r: r["sample_id"]))
     kw = {"style": "short", "max_new_tokens": 12}
-    hf = J.Judge(model, proc, loader, **kw)
-    fast = J.Judge(model, proc, loader, engine="static", cache_items=8, margin_from_cache=True, **kw)
-    assert not J.Judge(model, proc, loader, engine="static", **kw).margin_from_cache, "CUDA only by default"
+    hf = judge_engine.Judge(model, proc, loader, **kw)
+    fast = judge_engine.Judge(model, proc, loader, engine="static", cache_items=8, margin_from_cache=True, **kw)
+    assert not judge_engine.Judge(model, proc, loader, engine="static", **kw).margin_from_cache, "CUDA only by default"
     want = hf.judge(items)
     have = fast.judge(items)
     assert fast.margin_stats["from_cache"] > 0, fast.margin_stats
@@ -567,4 +577,4 @@ def test_margins_scored_from_the_generation_cache_equal_the_prefilled_ones(world
     for r, w in zip(again, want, strict=True):
         assert r["p"] == pytest.approx(w["p"], abs=1e-5)
     with pytest.raises(ValueError, match="margin_from_cache needs engine 'static'"):
-        J.Judge(model, proc, loader, margin_from_cache=True)
+        judge_engine.Judge(model, proc, loader, margin_from_cache=True)

@@ -6,7 +6,7 @@
         --cache-dir results/demo/frames/cache --nframes 8 --max-pixels 4704 --reader decord --scale 1 5
 
 Both metrics are computed with torchmetrics (1.9.0) on the frames the judge sees (the shared frame cache,
-`vqinsight.grpo.data.MediaLoader`); an image is a one-frame video. The value of a video is
+`vqinsight.media.MediaLoader`); an image is a one-frame video. The value of a video is
 
 * **CLIPScore** (`torchmetrics.multimodal.CLIPScore`): the metric over all sampled frames against the row's
   generation prompt (``prompt_text``), i.e. ``max(mean_t 100 cos(E_frame_t, E_prompt), 0)``. Prompts longer than
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from transformers import CLIPModel
 
-from ..judge import Item, _gt, append_records, expand, load_predictions, read_done
+from ..records import Item, append_records, expand, ground_truth, load_predictions, read_done
 
 log = logging.getLogger("vqinsight.baselines.clip")
 
@@ -270,7 +270,7 @@ class Scorer:
             "completion": None,
             "answer": None,
             "pred": None,
-            "gt": _gt(row),
+            "gt": ground_truth(row),
         }
         if task == "comparison":
             if finite:
@@ -306,7 +306,7 @@ def finalize(partial: Path, out: Path, keys: list[str]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from ..grpo.common import add_media_args
+    from ..media import add_media_args
 
     ap = argparse.ArgumentParser(prog="python -m vqinsight.baselines.clip", description=__doc__.split("\n")[0])
     ap.add_argument("--metric", required=True, choices=METRICS)
@@ -344,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from importlib import metadata
 
-    from ..grpo.common import media_spec, seed_everything
-    from ..grpo.data import MediaLoader, select_rows, to_records
+    from ..grpo.common import seed_everything
+    from ..media import MediaLoader, media_spec
     from ..progress import progress
     from ..provenance import write_meta
+    from ..records import select_rows, to_records
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -264,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from ..grpo.data import MediaLoader, select_rows, to_records
     from ..grpo.heldout import evaluate
+    from ..media import MediaLoader
     from ..models.load import load_model_and_processor
+    from ..records import select_rows, to_records
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -68,8 +68,9 @@ def make_rows(n_videos: int) -> list[dict[str, Any]]:
 def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
     import torch
 
-    from vqinsight import judge as J
+    from vqinsight import records
     from vqinsight.bench.grpo_step import build_model
+    from vqinsight.judge import engine, formats
     from vqinsight.models.tiny import build_processor, build_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,7 +86,7 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
         for i in range(a.videos)
     }
     loader = ArrayLoader(videos)
-    items = J.expand(make_rows(a.videos))
+    items = records.expand(make_rows(a.videos))
     res["shape"] = {
         "videos": a.videos,
         "pairs": len(items) // 2,
@@ -96,13 +97,13 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
         "batch": a.batch,
     }
     kw = {"fmt": "vqinsight", "style": "full", "max_new_tokens": a.new_tokens}
-    hf = J.Judge(model, processor, loader, engine="hf", **kw)
-    fast = J.Judge(
+    hf = engine.Judge(model, processor, loader, engine="hf", **kw)
+    fast = engine.Judge(
         model, processor, loader, engine="static", cache_items=max(a.videos, 1), margin_from_cache=a.margin_from_cache,
         **kw,
     )  # fmt: skip
     fast._eos_ids = lambda: []  # as generation_config.eos_token_id = None for generate()
-    verdicts = J.CANDIDATES["comparison"]
+    verdicts = formats.CANDIDATES["comparison"]
     with torch.no_grad():
         # ---- ours: vision cache, batched static decoding, one prefill per row for the margin
         warm = [it.row for it in items[: min(a.batch, len(items))]]
@@ -125,7 +126,7 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
             t_gen += t
             probs, t = timed(
                 lambda rows=rows, comps=comps: fast.candidate_probs(
-                    rows, [J.answer_prefix(c) for c in comps], verdicts
+                    rows, [formats.answer_prefix(c) for c in comps], verdicts
                 ),
                 device,
             )
@@ -146,7 +147,7 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
                 comps = [fast_out[it.key][0] for it in batch]
                 probs, t = timed(
                     lambda rows=rows, comps=comps: fast.candidate_probs(
-                        rows, [J.answer_prefix(c) for c in comps], verdicts
+                        rows, [formats.answer_prefix(c) for c in comps], verdicts
                     ),
                     device,
                 )
@@ -178,13 +179,13 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
             comp, t = timed(lambda it=it: hf.generate([it.row])[0], device)
             t_gen += t
             probs, t = timed(
-                lambda it=it, comp=comp: hf.candidate_probs([it.row], [J.answer_prefix(comp)], verdicts), device
+                lambda it=it, comp=comp: hf.candidate_probs([it.row], [formats.answer_prefix(comp)], verdicts), device
             )
             t_margin += t
             ours = fast_out[it.key]
             agree.append(comp == ours[0])
             # the margin of OUR completion by the per-string transformers path (untimed): same prefix, same numbers?
-            same = hf.candidate_probs([it.row], [J.answer_prefix(ours[0])], verdicts)
+            same = hf.candidate_probs([it.row], [formats.answer_prefix(ours[0])], verdicts)
             margin_diff.append(abs(float(same[0][0]) - ours[1][0]))
             log.info("naive judgment %s: %.1f s generate", it.key, t)
         k = max(a.naive, 1)

@@ -1,39 +1,13 @@
-"""Pieces shared by the judge's training commands: media/CLI arguments, seeding, atomic model saving."""
+"""Pieces shared by the judge's training commands: seeding, atomic model saving, CPU float32."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
-
-from .data import MediaSpec
-
-
-def add_media_args(ap: argparse.ArgumentParser) -> None:
-    g = ap.add_argument_group("media (from config data.*)")
-    g.add_argument("--cache-dir", required=True, help="frame cache directory")
-    g.add_argument("--nframes", required=True, type=int)
-    g.add_argument("--max-pixels", required=True, type=int)
-    g.add_argument("--min-pixels", type=int, default=0)
-    g.add_argument("--image-max-pixels", type=int, default=None)
-    g.add_argument("--reader", choices=("decord", "pyav"), default="decord")
-    g.add_argument("--scale", nargs=2, type=float, default=(1.0, 5.0), metavar=("LO", "HI"))
-
-
-def media_spec(a: argparse.Namespace) -> MediaSpec:
-    return MediaSpec(a.cache_dir, a.nframes, a.max_pixels, a.min_pixels, a.reader, a.image_max_pixels)
-
-
-def processor_pixels(a: argparse.Namespace) -> dict[str, tuple[int, int]]:
-    """Processor pixel budgets matching the decoded media, so visual token counts are what the config says."""
-    return {
-        "image_pixels": (a.min_pixels, a.image_max_pixels or a.max_pixels),
-        "video_pixels": (a.min_pixels, a.max_pixels),
-    }
 
 
 def seed_everything(seed: int) -> None:

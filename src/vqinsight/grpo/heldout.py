@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
+from ..media import MediaLoader
 from ..parsing import completion_text, extract_answer, is_well_formed, parse_choice, parse_dimensions, parse_score
-from .data import MediaLoader, encode_batch
+from .data import encode_batch
 
 log = logging.getLogger("vqinsight.heldout")
 DIMS = ("spatial", "temporal", "alignment")

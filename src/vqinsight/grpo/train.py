@@ -31,8 +31,9 @@ from typing import Any
 import yaml
 
 from ..config import recipe_from_mapping
+from ..media import add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
-from .common import add_media_args, cpu_float32, media_spec, processor_pixels, save_atomically, seed_everything
+from .common import cpu_float32, save_atomically, seed_everything
 
 log = logging.getLogger("vqinsight.grpo")
 COMPLETE = "COMPLETE"
@@ -112,7 +113,7 @@ def with_both_orders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with every comparison also in the swapped order (videos exchanged, label flipped), each copy right
     after its original; the copy's sample_id ends in ``|BA``. Balances the A/B labels exactly, so a constant answer
     earns no choice reward on average."""
-    from ..judge import swapped
+    from ..records import swapped
 
     out: list[dict[str, Any]] = []
     for r in rows:
@@ -257,7 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _held_out(a: argparse.Namespace, recipe: Recipe) -> list[dict[str, Any]]:
     """Held-out rows of the run's tasks (split --eval-split), a fixed seeded sample of recipe.eval.n."""
-    from .data import select_rows, to_records
+    from ..records import select_rows, to_records
 
     if not a.eval_manifests:
         return []
@@ -276,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from trl import GRPOConfig
 
+    from ..media import MediaLoader
     from ..models.load import load_model_and_processor
-    from .data import MediaLoader, build_dataset, select_rows, to_records
+    from ..records import select_rows, to_records
+    from .data import build_dataset
     from .heldout import evaluate
     from .reward_funcs import build_correctness, build_reward_funcs
     from .trainer import VideoGRPOTrainer

@@ -23,7 +23,7 @@ log = logging.getLogger("vqinsight.stage3.evaluate")
 
 
 def evaluate(vbench_path: Path, predictions: Path | None, generator: str, seed: int = 0) -> dict:
-    from ..judge import load_predictions
+    from ..records import load_predictions
     from .pairs import winrate
 
     try:

@@ -641,7 +641,7 @@ def _write_parquet(path: Path, df: pl.DataFrame) -> None:
 
 
 def _load_predictions(path: Path) -> dict[str, Mapping[str, Any]]:
-    from ..judge import load_predictions
+    from ..records import load_predictions
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: predictions not found (run the judge on the pair manifest first)")

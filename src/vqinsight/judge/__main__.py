@@ -1,0 +1,188 @@
+"""Judge inference over a manifest: score, multi-dimension score, pairwise comparison and yes/no answers.
+
+    python -m vqinsight.judge --model results/demo/grpo/stage2/comp/model \\
+        --manifest results/demo/manifests/monetbench.parquet --task comparison --split test \\
+        --out results/demo/eval/predictions/vqinsight/monetbench.jsonl --style short <media args>
+
+One JSON line per (row, order). Comparisons are judged in both orders, (A, B) and (B, A), so the report can give
+the swap-flip rate and the margin is free of position bias. The margin (``--margin prob`` or ``votes``) is described
+in ``vqinsight.judge.engine``; the record layout and the resumable ``<out>.partial`` file in ``vqinsight.records``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from transformers import AutoConfig
+
+from ..grpo.common import seed_everything
+from ..media import add_media_args, media_spec, processor_pixels
+from ..models.load import load_processor, vision_token_ids
+from ..progress import progress
+from ..prompts import TASKS
+from ..provenance import write_meta
+from ..records import append_records, expand, read_done, select_rows, to_records
+from ..vllm_engine import VLLMJudgeEngine
+from .engine import ENGINES, open_judge
+from .formats import FORMATS
+
+log = logging.getLogger("vqinsight.judge")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="judge model: hub id or local directory")
+    ap.add_argument("--manifest", required=True, help="dataset manifest (parquet)")
+    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--split", default="test", help="manifest split to judge")
+    ap.add_argument("--out", required=True, type=Path, help="predictions (JSON lines)")
+    ap.add_argument("--format", default="vqinsight", choices=FORMATS, help="prompt format of the judge")
+    ap.add_argument("--style", default="full", choices=("full", "short"), help="vqinsight prompt style")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="static",
+        help="static: vision features once per media item + fastdecode.StaticDecoder (default); hf: per-row "
+        "processor + transformers generate(); vllm: vLLM (optional, not installed by the project; "
+        "vqinsight/vllm_engine.py)",
+    )
+    ap.add_argument(
+        "--vllm-args",
+        default=None,
+        help="engine vllm: extra vllm.LLM keyword arguments as JSON, e.g. '{\"tensor_parallel_size\": 2}'",
+    )
+    ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the static engine's decode step (default: on CUDA only; ~40-55 s once on the 7B; "
+        "docs/PERFORMANCE.md)",
+    )
+    ap.add_argument(
+        "--margin-from-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="engine static: score the margin's answer strings from the greedy generation's KV cache instead of "
+        "prefilling prompt + completion again (default: on CUDA only; docs/PERFORMANCE.md)",
+    )
+    ap.add_argument("--margin", choices=("prob", "votes"), default="prob", help="comparison margin (module doc)")
+    ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--limit", type=int, default=None, help="judge only the first N rows (seeded order)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    ap.add_argument("--trust-remote-code", action="store_true")
+    add_media_args(ap)
+    return ap.parse_args(argv)
+
+
+def _vllm_engine(a: argparse.Namespace, rows: list[dict[str, Any]]):
+    """(processor, VLLMJudgeEngine) for ``--engine vllm``: the weights are vLLM's, the prompts the project's."""
+    pixels = processor_pixels(a)
+    processor = load_processor(a.model, trust_remote_code=a.trust_remote_code, **pixels)
+    config = AutoConfig.from_pretrained(a.model, trust_remote_code=a.trust_remote_code)
+    images_only = all(r["media_type"] == "image" for r in rows)
+    lo, hi = pixels["image_pixels" if images_only else "video_pixels"]
+    try:
+        extra = json.loads(a.vllm_args) if a.vllm_args else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--vllm-args must be a JSON object of vllm.LLM keyword arguments: {e}") from e
+    if not isinstance(extra, dict):
+        raise ValueError(f"--vllm-args must be a JSON object, got {a.vllm_args!r}")
+    engine = VLLMJudgeEngine(
+        a.model,
+        max_new_tokens=a.max_new_tokens,
+        suppress_token_ids=vision_token_ids(SimpleNamespace(config=config)),
+        seed=a.seed,
+        mm_processor_kwargs={"min_pixels": lo, "max_pixels": hi},
+        llm_kwargs=extra,
+    )
+    return processor, engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not Path(a.manifest).is_file():
+        log.error("%s: data manifest not found (build it first: snakemake %s)", a.manifest, a.manifest)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    seed_everything(a.seed)
+    scale = (a.scale[0], a.scale[1])
+    try:
+        df = select_rows([a.manifest], [a.task], a.split, limit=a.limit, seed=a.seed, drop_ties=False)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    rows = sorted(to_records(df), key=lambda r: r["sample_id"])
+    items = expand(rows)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = a.out.with_name(a.out.name + ".partial")
+    done = read_done(partial)
+    todo = [it for it in items if it.key not in done]
+    log.info("%d judgments (%d rows), %d already done in %s", len(items), len(rows), len(done), partial)
+    if todo and a.engine == "vllm":
+        try:
+            model, processor, engine = None, *_vllm_engine(a, rows)
+        except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+    elif todo:
+        engine = None
+    if todo:
+        try:
+            judge = open_judge(
+                a.model,
+                media_spec(a),
+                fmt=a.format,
+                style=a.style,
+                scale=scale,
+                max_new_tokens=a.max_new_tokens,
+                engine=a.engine,
+                cache_items=a.vision_cache,
+                compile=a.compile,
+                margin_from_cache=a.margin_from_cache,
+                dtype=a.dtype,
+                trust_remote_code=a.trust_remote_code,
+                vllm=(model, processor, engine) if engine is not None else None,
+            )
+        except (FileNotFoundError, OSError) as e:
+            log.error("%s", e)
+            return 2
+        with progress(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
+            for s in range(0, len(todo), a.batch_size):
+                batch = todo[s : s + a.batch_size]
+                append_records(
+                    partial, judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature)
+                )
+                bar.update(len(batch))
+        if judge.margin_from_cache:
+            log.info("margins: %s (rows scored from the generation's cache / prefilled again)", judge.margin_stats)
+    partial.touch()
+    write_meta(
+        a.out.with_name(a.out.name + ".meta.json"),
+        {k: str(v) for k, v in vars(a).items()},
+        n_rows=len(rows),
+        n_judgments=len(items),
+        resumed_with=len(done),
+    )
+    os.replace(partial, a.out)
+    log.info("wrote %s (%d judgments)", a.out, len(items))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
