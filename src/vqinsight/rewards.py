@@ -118,8 +118,7 @@ def score_similarity(pred: float, gt: float, score_min: float, score_max: float,
     """Similarity in [0, 1] between a predicted and a ground-truth score.
 
     * ``l1`` (default, Eq. 3 as printed in the paper): ``max(0, 1 - |p - g|)`` on the task scale. On the paper's 1-5
-      scale an error >= 1 point earns 0, which is what the paper's formula gives; the reference learning-feasibility
-      run used exactly ``max(0, 1 - |s - mos|)``.
+      scale an error >= 1 point earns 0, which is what the paper's formula gives.
     * ``l1_span``: ``1 - |p - g| / (score_max - score_min)``, normalised by the scale span so partial credit extends
       over the whole scale (on a 1-5 scale a 1-point error costs 0.25).
     * ``relative`` (official code): ``1 - min(1, (|p - g| + 1e-9) / (|g| + 1e-9))``, the prediction taken as it is.

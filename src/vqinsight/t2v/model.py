@@ -25,7 +25,7 @@ CONFIG_NAME = "generator.json"
 
 @dataclass
 class GeneratorConfig:
-    """Sampling defaults of a generator directory (T2V-Turbo MS values, anchors-mission.md §6)."""
+    """Sampling defaults of a generator directory (T2V-Turbo MS values)."""
 
     kind: str = "t2v_turbo_ms"
     num_frames: int = 16

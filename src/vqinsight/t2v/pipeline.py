@@ -6,7 +6,7 @@
     gen = load_generator("results/demo/stage3/generators/g0")
     videos = sample_videos(gen, ["a dog on a boat", "a red car"], seeds=[1, 2])  # uint8 (2, F, H, W, 3)
 
-The loop follows T2V-Turbo's `T2VTurboMSPipeline` (anchors-mission.md §6): CLIP text states of the prompt, no
+The loop follows T2V-Turbo's `T2VTurboMSPipeline` (Ji4chenLi/t2v-turbo): CLIP text states of the prompt, no
 classifier-free guidance, the guidance scale w enters as ``timestep_cond = w_embedding(w)`` (w * 1000, dim 256),
 ``unet(latents, t, timestep_cond=..., encoder_hidden_states=...)`` at the 4 (by default) T2V-Turbo timesteps,
 each step returns the consistency-denoised latents and re-noises them to the next timestep, and the last step's

@@ -1,6 +1,6 @@
 """T2V-Turbo's few-step LCM sampler: its own timestep spacing, the consistency boundary condition, the w-embedding.
 
-T2V-Turbo (`scheduler/t2v_turbo_scheduler.py`, anchors-mission.md §6) spaces the few sampling steps over the LCM
+T2V-Turbo (`scheduler/t2v_turbo_scheduler.py` of Ji4chenLi/t2v-turbo) spaces the few sampling steps over the LCM
 "origin" grid ``(1..lcm_origin_steps) * (T // lcm_origin_steps) - 1`` by taking every ``lcm_origin_steps // n``-th
 entry from the top: 4 steps give [999, 759, 519, 279], 8 steps [999, 879, 759, 639, 519, 399, 279, 159].
 diffusers' LCMScheduler picks [999, 759, 499, 259] for the same settings, so it is not used. Betas are
