@@ -37,15 +37,9 @@ from typing import Any
 import yaml
 
 from ..config import recipe_from_mapping
-from ..grpo.common import (
-    add_media_args,
-    cpu_float32,
-    media_spec,
-    processor_pixels,
-    save_atomically,
-    seed_everything,
-)
+from ..grpo.common import cpu_float32, save_atomically, seed_everything
 from ..grpo.train import _callbacks, _held_out, claim_checkpoint_dir, curves_table, latest_checkpoint, run_fingerprint
+from ..media import add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
 
 log = logging.getLogger("vqinsight.baselines.sft")
