@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,33 @@ class Request:
         self.share = min(self.share, n - 1)  # the last prompt token is always the row's own (its logits start it)
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def extended(self, tokens: Sequence[int]) -> Request:
+        """This prompt followed by generated ``tokens`` (text positions continuing after the prompt's largest)."""
+        t = torch.as_tensor(list(tokens), dtype=torch.long)
+        start = int(self.positions.max()) + 1
+        pos = torch.arange(start, start + t.numel()).view(1, -1).expand(3, -1)
+        return Request(torch.cat([self.ids, t]), torch.cat([self.positions, pos], dim=1), self.vision,
+                       self.share, self.share_key, self.max_new_tokens)  # fmt: skip
+
+
+@dataclass
+class Score:
+    """Token continuations to score after a context: the prompt plus the first ``kept`` generated tokens.
+
+    ``continuations[c]`` follows that context; the log-probabilities of its last ``scored[c]`` tokens are summed
+    (the leading ones are context, e.g. re-tokenised reasoning up to ``<answer>``)."""
+
+    kept: int
+    continuations: list[list[int]]
+    scored: list[int]
+
+    def __post_init__(self) -> None:
+        if self.kept < 0 or not self.continuations or len(self.scored) != len(self.continuations):
+            raise ValueError("a Score needs kept >= 0 and one scored count per continuation")
+        for toks, k in zip(self.continuations, self.scored, strict=True):
+            if not 1 <= k <= len(toks):
+                raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
 
 
 def first_block_end(ids: torch.Tensor, end_token_id: int) -> int:
@@ -203,7 +230,10 @@ class BatchDecoder:
         compile: bool = False,
         length_bucket: int | None = None,
         timing: bool = False,
+        refill: str = "continuous",
     ) -> None:
+        if refill not in ("continuous", "wave"):
+            raise ValueError(f"refill must be 'continuous' or 'wave', got {refill!r}")
         if max_batch < 1 or chunk_tokens < 1:
             raise ValueError(f"max_batch and chunk_tokens must be >= 1, got {max_batch}, {chunk_tokens}")
         self.model = model
@@ -233,6 +263,10 @@ class BatchDecoder:
         self.use_cuda_graph = cuda if use_cuda_graph is None else bool(use_cuda_graph)
         self.length_bucket = int(length_bucket) if length_bucket is not None else (256 if cuda else 1)
         self.timing = timing
+        # "continuous": a finished row's slot takes the next request at the next check; "wave": slots are refilled
+        # only once every row of the batch is done (fixed batching with early exit, for comparison)
+        self.refill = refill
+        self.scores: list[torch.Tensor | None] = []  # per request of the last generate(): its Score's totals
         self._decode_fn = torch.compile(self._decode_logits) if compile else self._decode_logits
         self._slots: _Slots | None = None
         self._store: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -301,13 +335,17 @@ class BatchDecoder:
             h = self._finish_layer(layer, h, o.reshape(b, 1, self.n_heads * self.head_dim))
         return self.model.lm_head(self.lm.norm(h))[:, 0].float()
 
-    def _prefill_chunk(self, k_rows, v_rows, h: torch.Tensor, pos3: torch.Tensor, at: int) -> torch.Tensor:
+    def _prefill_chunk(
+        self, k_rows, v_rows, h: torch.Tensor, pos3: torch.Tensor, at: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Hidden states (1, T, D) after the layers for chunk h (1, T, D) written at cache slots [at, at + T) of
-        the one-row caches ``k_rows``/``v_rows``, attending to [0, at) and causally within the chunk."""
+        the one-row caches ``k_rows``/``v_rows``, attending to [0, at) and causally within the chunk (or as the
+        (T, at + T) bool ``mask`` says)."""
         t = h.shape[1]
         cos, sin = self._rope(pos3)
-        cols = torch.arange(at + t, device=h.device)
-        mask = cols[None, :] <= (at + torch.arange(t, device=h.device))[:, None]  # (T, at + T)
+        if mask is None:
+            cols = torch.arange(at + t, device=h.device)
+            mask = cols[None, :] <= (at + torch.arange(t, device=h.device))[:, None]  # (T, at + T)
         g = self.n_heads // self.n_kv
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
@@ -332,6 +370,78 @@ class BatchDecoder:
             pos3 = req.positions[:, None, a:b].to(self.device)
             h_last = self._prefill_chunk(k_rows, v_rows, h[None], pos3, a)[:, -1]
         return h_last
+
+    def _score_chunk(self, k_rows, v_rows, base: int, refeed: int, p0: torch.Tensor, spec: Score) -> torch.Tensor:
+        """Summed log-probabilities (C,) of ``spec``'s continuations after the context in cache slots [0, base)
+        followed by token ``refeed`` at position ``p0`` (3,), whose output was not kept. One forward: the refeed
+        token, the continuations' common head, then each continuation's own tail as a branch that sees the context,
+        the head and itself only (written at [base, base + T), beyond the context; nothing else is overwritten)."""
+        conts = spec.continuations
+        head = 0
+        while all(len(c) > head for c in conts) and len({c[head] for c in conts}) == 1:
+            head += 1
+        tail_toks = list(conts[0][:head])
+        starts, toks = [], [refeed, *tail_toks]
+        for c in conts:
+            starts.append(len(toks))
+            toks += c[head:]
+        t = len(toks)
+        dev = self.device
+        rel = torch.zeros(t, dtype=torch.long)  # position offset from p0
+        rel[: 1 + head] = torch.arange(1 + head)
+        cols = torch.arange(base + t)
+        mask = torch.zeros(t, base + t, dtype=torch.bool)
+        mask[:, :base] = True
+        for i in range(1 + head):
+            mask[i, base : base + i + 1] = True
+        for c, st in zip(conts, starts, strict=True):
+            n = len(c) - head
+            rel[st : st + n] = torch.arange(1 + head, 1 + head + n)
+            for j in range(n):
+                mask[st + j, base : base + 1 + head] = True
+                mask[st + j, base + st : base + st + j + 1] = True
+        del cols
+        pos3 = (p0.view(3, 1) + rel.view(1, t))[:, None, :].to(dev)
+        h = self._embed(torch.tensor(toks, device=dev))[None]
+        h = self._prefill_chunk(k_rows, v_rows, h, pos3, base, mask.to(dev))[0]
+        totals = []
+        for c, k, st in zip(conts, spec.scored, starts, strict=True):
+            # chunk index of continuation token i: the head's at 1 + i, the branch's at st + (i - head)
+            where = [1 + i if i < head else st + i - head for i in range(len(c))]
+            pred = [0] + where[:-1]  # the output that predicts token i
+            rows = pred[len(c) - k :]
+            logp = torch.log_softmax(self.model.lm_head(self.lm.norm(h[rows])).float(), dim=-1)
+            ids = torch.tensor(c[len(c) - k :], device=dev)
+            totals.append(logp.gather(1, ids[:, None]).sum())
+        return torch.stack(totals).cpu()
+
+    def _scratch(self, length: int):
+        shape = (1, self.n_kv, self._bucket(length), self.head_dim)
+        kw = {"device": self.device, "dtype": self.dtype}
+        return [torch.zeros(shape, **kw) for _ in self.layers], [torch.zeros(shape, **kw) for _ in self.layers]
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[Request], specs: Sequence[Score]) -> list[torch.Tensor]:
+        """Summed log-probabilities (C,) per request of its Score's continuations after the prompt (``kept`` must
+        be 0): each prompt prefilled once into a scratch cache, its continuations scored in one forward."""
+        out = []
+        for req, spec in zip(requests, specs, strict=True):
+            if spec.kept:
+                raise ValueError("score() has no generated tokens to keep; use kept = 0")
+            n = req.ids.numel()
+            room = 1 + sum(len(c) for c in spec.continuations)
+            k_rows, v_rows = self._scratch(n + room)
+            self._prefill(req, k_rows, v_rows, 0, n - 1)
+            out.append(self._score_chunk(k_rows, v_rows, n - 1, int(req.ids[-1]), req.positions[:, -1], spec))
+        return out
+
+    @torch.no_grad()
+    def logits_after(self, req: Request, tokens: Sequence[int]) -> torch.Tensor:
+        """Next-token logits (V,) float32 after the prompt and ``tokens`` (prefilled from scratch, no sharing)."""
+        ext = req.extended(tokens)
+        k_rows, v_rows = self._scratch(ext.ids.numel())
+        h = self._prefill(ext, k_rows, v_rows, 0, ext.ids.numel())
+        return self.model.lm_head(self.lm.norm(h)).float()[0]
 
     # ------------------------------------------------------------------------------------------------ sampling
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
@@ -457,6 +567,26 @@ class BatchDecoder:
         s.limit[slot] = limit
         s.done[slot : slot + 1].copy_(self._finished(first, s.cnt[slot : slot + 1], s.limit[slot : slot + 1]))
 
+    def _score_finished(self, s: _Slots, slot: int, req: Request, r: int, new: list[int], spec: Score | None):
+        """Score ``spec`` from slot ``slot``'s cache (prompt + new tokens) into self.scores[r], if it fits."""
+        if spec is None:
+            return
+        if spec.kept > len(new):
+            raise ValueError(f"request {r}: kept {spec.kept} > its {len(new)} new tokens")
+        n = req.ids.numel()
+        base = n + spec.kept - 1
+        if base + 1 + sum(len(c) for c in spec.continuations) > s.cols.shape[0]:
+            return
+        if spec.kept == 0:
+            refeed, p0 = int(req.ids[-1]), req.positions[:, -1]
+        else:
+            refeed = new[spec.kept - 1]
+            p0 = torch.full((3,), int(req.positions.max()) + spec.kept, dtype=torch.long)
+        k_rows = [k[slot : slot + 1] for k in s.k]
+        v_rows = [v[slot : slot + 1] for v in s.v]
+        self.scores[r] = self._score_chunk(k_rows, v_rows, base, refeed, p0, spec)
+        self.stats["scored"] += 1
+
     def _sync(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -473,9 +603,16 @@ class BatchDecoder:
         top_p: float = 1.0,
         eos_token_id: int | list[int] | None = None,
         suppress_token_ids: Sequence[int] | None = None,
+        score: Callable[[int, list[int]], Score | None] | None = None,
+        reserve_tokens: int = 0,
     ) -> list[list[int]]:
         """New tokens of each request, in request order: up to and including its first eos, at most its
-        ``max_new_tokens`` (or the call's)."""
+        ``max_new_tokens`` (or the call's).
+
+        ``score(i, new_tokens)``, called when request i finishes, may return a ``Score`` (context: the prompt and
+        its first ``kept`` new tokens): its continuations are scored from the row's own cache before the slot is
+        reused (the judge's answer margin, without a second prefill), the totals left in ``self.scores[i]`` (None
+        where ``score`` gave None or the continuations do not fit the ``reserve_tokens`` free slots)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -490,7 +627,12 @@ class BatchDecoder:
                     "eos": eos, "suppress": suppress}  # fmt: skip
         limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
         width = max(limits)
-        total = self._bucket(max(r.ids.numel() + lim for r, lim in zip(requests, limits, strict=True)))
+        if reserve_tokens < 0:
+            raise ValueError(f"reserve_tokens must be >= 0, got {reserve_tokens}")
+        total = self._bucket(
+            max(r.ids.numel() + lim for r, lim in zip(requests, limits, strict=True)) + reserve_tokens
+        )
+        self.scores = [None] * len(requests)
         s = self._buffers(min(self.max_batch, len(requests)), total, width)
         if sampling != self._sampling:
             s.graph = None  # the captured step bakes the sampling settings in
@@ -501,7 +643,7 @@ class BatchDecoder:
         s.n.zero_()
         self._store_key = None
         self.stats = {"prefix_prefills": 0, "prefix_hits": 0, "prefill_tokens": 0, "decode_steps": 0,
-                      "row_steps": 0, "admissions": 0, "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
+                      "row_steps": 0, "admissions": 0, "scored": 0, "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
         # group members adjacent (first appearance of the key), so one prefix store slot suffices
         first_seen: dict[Any, int] = {}
         for i, r in enumerate(requests):
@@ -515,8 +657,9 @@ class BatchDecoder:
         live = 0
         while pending or live:
             t0 = self._sync() if self.timing else 0.0
+            refill = self.refill == "continuous" or live == 0
             for slot in range(len(owner)):
-                if owner[slot] < 0 and pending:
+                if refill and owner[slot] < 0 and pending:
                     r = pending.popleft()
                     self._admit(s, slot, requests[r], limits[r])
                     owner[slot] = r
@@ -544,7 +687,10 @@ class BatchDecoder:
                 idx = torch.tensor(fin, device=self.device)
                 outs, cnts = s.out.index_select(0, idx).cpu(), s.cnt.index_select(0, idx).cpu()
                 for j, slot in enumerate(fin):
-                    results[owner[slot]] = outs[j, : int(cnts[j])].tolist()
+                    r = owner[slot]
+                    results[r] = outs[j, : int(cnts[j])].tolist()
+                    if score is not None:
+                        self._score_finished(s, slot, requests[r], r, results[r], score(r, results[r]))
                     owner[slot] = -1
                     live -= 1
             if self.timing:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqinsight.batchdecode import BatchDecoder, Request, requests_from_batch
+from vqinsight.batchdecode import BatchDecoder, Request, Score, requests_from_batch
 from vqinsight.models.load import load_model_and_processor, vision_token_ids
 from vqinsight.models.tiny import build_tiny
 
@@ -181,3 +181,62 @@ def test_bad_requests_are_refused(loaded):
     same = Request(r.ids, r.positions, r.vision, share=r.share, share_key="k")
     with pytest.raises(ValueError, match="differ in their first"):
         BatchDecoder(model, max_batch=1).generate([same, other], 2)
+
+
+def _hf_logprobs(model, processor, row, tokens):
+    """log p of each of ``tokens`` after the row's prompt (and the tokens before it), by one transformers forward."""
+    enc = dict(_encode(processor, [row]))
+    extra = torch.tensor([tokens])
+    n = enc["input_ids"].shape[1]
+    enc["input_ids"] = torch.cat([enc["input_ids"], extra], dim=1)
+    enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(extra)], dim=1)
+    if "mm_token_type_ids" in enc:
+        enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**enc).logits[0].float(), dim=-1)
+    return torch.stack([logp[n - 1 + i, t] for i, t in enumerate(tokens)])
+
+
+def test_scores_from_the_generation_cache_and_from_scratch_equal_a_transformers_forward(loaded):
+    """The judge's margin: continuations after the prompt and the first `kept` generated tokens, summed over
+    their last `scored` tokens, with a common head and branches of different lengths."""
+    model, processor = loaded
+    rows = MIXED[:3]
+    reqs = requests_from_batch(model, _encode(processor, rows), keys=["a", "b", "c"])
+    kept = [5, 0, 12]
+
+    def spec(i, new):
+        k = kept[i]
+        tail = new[k : k + 3]
+        return Score(k, [tail + [7, 8], tail + [9], tail + [10], [11, 12]], [2, 1, 1, 2])
+
+    dec = BatchDecoder(model, max_batch=2, check_every=3)
+    new = dec.generate(reqs, 12, score=spec, reserve_tokens=8)
+    assert dec.stats["scored"] == 3
+    scratch = dec.score(
+        [r.extended(n[:k]) for r, n, k in zip(reqs, new, kept, strict=True)],
+        [Score(0, spec(i, new[i]).continuations, spec(i, new[i]).scored) for i in range(3)],
+    )
+    for i, row in enumerate(rows):
+        sp = spec(i, new[i])
+        want = torch.stack([
+            _hf_logprobs(model, processor, row, new[i][: kept[i]] + c)[-k:].sum()
+            for c, k in zip(sp.continuations, sp.scored, strict=True)
+        ])  # fmt: skip
+        torch.testing.assert_close(dec.scores[i], want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(scratch[i], want, rtol=1e-4, atol=1e-4)
+    # no room left: the row is not scored (the caller falls back to score())
+    longest = max(range(3), key=lambda i: reqs[i].ids.numel())
+    dec.generate(reqs, 12, score=lambda i, new: Score(len(new), [list(range(5, 25))], [1]), reserve_tokens=0)
+    assert dec.scores[longest] is None
+
+
+def test_wave_refill_waits_for_the_whole_batch(loaded):
+    model, processor = loaded
+    caps = [2, 20, 2, 20]
+    reqs = requests_from_batch(model, _encode(processor, MIXED), max_new_tokens=caps)
+    cont = BatchDecoder(model, max_batch=2, check_every=2)
+    wave = BatchDecoder(model, max_batch=2, check_every=2, refill="wave")
+    a, b = cont.generate(reqs, 20), wave.generate(reqs, 20)
+    assert a == b
+    assert cont.stats["decode_steps"] < wave.stats["decode_steps"]
