@@ -6,7 +6,7 @@ Prints the signal's name and exits 0 when it comes; exits 1 after --timeout seco
 import argparse
 import time
 
-from vqinsight.grpo.preempt import SIGNALS, SignalFlag
+from vqinsight.training import SIGNALS, SignalFlag
 
 
 def main() -> int:

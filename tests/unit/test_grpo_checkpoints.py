@@ -1,16 +1,19 @@
-"""Resume bookkeeping of the GRPO entry point: complete checkpoints only, and only from the same configuration."""
+"""Resume bookkeeping of the training commands (vqinsight.training): complete checkpoints only, and only from the same
+configuration."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from vqinsight.grpo.train import (
+from vqinsight.dpo.train import CHECKPOINT as DPO_CHECKPOINT
+from vqinsight.grpo.train import Recipe
+from vqinsight.training import (
     COMPLETE,
-    Recipe,
     claim_checkpoint_dir,
     curves_table,
     latest_checkpoint,
+    list_checkpoints,
     run_fingerprint,
 )
 
@@ -41,6 +44,26 @@ def test_checkpoints_of_another_configuration_are_discarded(tmp_path):
     assert latest_checkpoint(ck).name == "checkpoint-4"
     claim_checkpoint_dir(ck, "bbb")  # recipe / init model / data changed: start clean
     assert latest_checkpoint(ck) is None
+
+
+def test_dpo_layout_keeps_the_latent_cache_and_drops_incomplete_steps(tmp_path):
+    """Diffusion-DPO's step-NNNNNN checkpoints through the same claim: another configuration removes everything but
+    the latent cache; the same configuration removes only a checkpoint killed while saving."""
+    ck, pattern = tmp_path / "ck", DPO_CHECKPOINT
+    claim_checkpoint_dir(ck, "aaa", pattern=pattern, keep=("latents",))
+    (ck / "latents").mkdir()
+    (ck / "latents" / "v.pt").write_bytes(b"z")
+    for step, done in ((1, True), (2, True), (3, False)):
+        (ck / f"step-{step:06d}").mkdir()
+        if done:
+            (ck / f"step-{step:06d}" / COMPLETE).write_text(str(step))
+    claim_checkpoint_dir(ck, "aaa", pattern=pattern, keep=("latents",))
+    assert [d.name for _, d, _ in list_checkpoints(ck, pattern)] == ["step-000001", "step-000002"]
+    assert latest_checkpoint(ck, pattern).name == "step-000002"
+    assert latest_checkpoint(ck) is None  # the Trainer's checkpoint-N names: none here
+    claim_checkpoint_dir(ck, "bbb", pattern=pattern, keep=("latents",))
+    assert sorted(p.name for p in ck.iterdir()) == ["latents", "run.json"]
+    assert (ck / "latents" / "v.pt").read_bytes() == b"z"
 
 
 def test_fingerprint_follows_recipe_model_and_data(tmp_path):

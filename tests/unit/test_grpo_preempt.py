@@ -1,7 +1,7 @@
 """SLURM's time-limit warning signal: checkpoint at the end of the step, mark it complete, exit for a rerun, resume.
 
 A real `transformers.Trainer` on a two-parameter model (CPU, about a second), with the callback order of
-vqinsight.grpo.train: a MarkComplete-style callback first, CheckpointOnSignal last.
+vqinsight.callbacks.trainer_callbacks: a MarkComplete-style callback first, CheckpointOnSignal last.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainingArguments
 
-from vqinsight.grpo.preempt import PREEMPTED_EXIT_CODE, CheckpointOnSignal, SignalFlag
+from vqinsight.callbacks import CheckpointOnSignal
+from vqinsight.training import PREEMPTED_EXIT_CODE, SignalFlag
 
 COMPLETE = "COMPLETE"
 

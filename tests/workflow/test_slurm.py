@@ -188,7 +188,7 @@ def test_warning_signal_reaches_the_program_and_spares_snakemake(flaky_run):
     wd, out, jobs = flaky_run
     assert "--signal=URG@60" in _sbatch_call(out, "warned")
     assert [j["state"] for j in jobs if j["rule"] == "warned"] == ["COMPLETED"], jobs
-    # the handler of vqinsight.grpo.preempt got SIGURG, and the shell after it (so Snakemake too) was still alive
+    # the handler of vqinsight.training got SIGURG, and the shell after it (so Snakemake too) was still alive
     assert re.fullmatch(r"received SIGURG after \d+ s\nshell survived\n", (wd / "results/warned.txt").read_text())
 
 

@@ -344,11 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from importlib import metadata
 
-    from ..grpo.common import seed_everything
     from ..media import MediaLoader, media_spec
     from ..progress import progress
     from ..provenance import write_meta
     from ..records import select_rows, to_records
+    from ..training import seed_everything
 
     if a.threads:
         torch.set_num_threads(a.threads)

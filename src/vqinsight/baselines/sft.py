@@ -19,7 +19,7 @@ holds plain row fields; `dataset_kwargs={"skip_prepare_dataset": True}` skips TR
 `remove_unused_columns=False` keeps the fields for the collator.
 
 Checkpoints, resuming, `curves.csv`, `eval.json` (held-out metrics before and after, `grpo.heldout.evaluate`) and
-`meta.json` work as in `vqinsight.grpo.train`, whose helpers are used.
+`meta.json` work as in `vqinsight.grpo.train`: both use `vqinsight.training` and `vqinsight.callbacks`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,19 @@ from typing import Any
 import yaml
 
 from ..config import recipe_from_mapping
-from ..grpo.common import cpu_float32, save_atomically, seed_everything
-from ..grpo.train import _callbacks, _held_out, claim_checkpoint_dir, curves_table, latest_checkpoint, run_fingerprint
-from ..media import add_media_args, media_spec, processor_pixels
+from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from ..records import select_rows, to_records
+from ..training import (
+    claim_checkpoint_dir,
+    cpu_float32,
+    curves_table,
+    held_out_rows,
+    latest_checkpoint,
+    run_fingerprint,
+    save_atomically,
+    seed_everything,
+)
 
 log = logging.getLogger("vqinsight.baselines.sft")
 
@@ -255,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(m).is_file():
             log.error("%s: data manifest not found (run the manifest rule: snakemake %s)", m, m)
             return 2
+    # torch and the modules that import it: here, not at the top, because the Snakefile imports this module's
+    # SFTRecipe at DAG start (rules/checks.smk)
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from ..callbacks import trainer_callbacks
     from ..grpo.heldout import evaluate
-    from ..media import MediaLoader
     from ..models.load import load_model_and_processor
-    from ..records import select_rows, to_records
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a))
-    eval_rows = _held_out(a, recipe)
+    eval_rows = held_out_rows(a, recipe.eval)
     gen_kw = {"batch_size": recipe.eval.get("batch_size", 32), "max_new_tokens": recipe.eval.get("max_new_tokens", 64)}
     before_path = a.checkpoint_dir / "eval_before.json"
     if eval_rows and not before_path.exists() and rank == 0:
@@ -319,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         data_collator=VideoSFTCollator(processor, loader, recipe.prompt_style, scale),
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=_callbacks(a.checkpoint_dir / "curves.live.csv"),
+        callbacks=trainer_callbacks(a.checkpoint_dir / "curves.live.csv"),
     )
     resume = latest_checkpoint(a.checkpoint_dir)
     if resume is not None:

@@ -28,7 +28,7 @@ Outputs:
     {out}/                    the generator directory with the LoRA merged into the UNet (vqinsight.t2v.model),
                               plus dpo_summary.json; written to ``<out>.tmp`` and renamed.
 
-SIGURG (SLURM's time-limit warning, see vqinsight.grpo.preempt) or SIGUSR1: the current step is finished, a
+SIGURG (SLURM's time-limit warning, see vqinsight.training) or SIGUSR1: the current step is finished, a
 checkpoint is written and the process exits with 75, so the rerun resumes there. Exit status 2: bad input (missing
 model directory or pairs file, invalid recipe), with the reason logged.
 
@@ -42,13 +42,11 @@ import argparse
 import contextlib
 import copy
 import csv
-import hashlib
 import json
 import logging
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -60,10 +58,21 @@ import yaml
 
 from ..config import recipe_from_mapping
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from ..training import (
+    COMPLETE,
+    PREEMPTED_EXIT_CODE,
+    SignalFlag,
+    any_rank,
+    claim_checkpoint_dir,
+    file_identity,
+    fingerprint,
+    latest_checkpoint,
+    prune_checkpoints,
+)
 
 log = logging.getLogger("vqinsight.dpo")
 
-COMPLETE = "COMPLETE"
+CHECKPOINT = r"step-(\d+)"  # step-NNNNNN/ under --checkpoint-dir
 CSV_NAME = "train_log.csv"
 CSV_COLUMNS = ("step", "loss", "implicit_acc", "model_diff", "ref_diff", "lr", "grad_norm", "seconds")
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -275,77 +284,20 @@ def constant_with_warmup(optimizer, warmup_steps: int):
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def _file_identity(path: Path) -> list:
-    """Names, sizes and mtimes of a file or of every file under a directory (no hashing of weights)."""
-    if path.is_file():
-        st = path.stat()
-        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-    return [
-        [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(path.rglob("*"))
-        if f.is_file()
-    ]
-
-
 def run_fingerprint(a: argparse.Namespace, recipe: Recipe) -> str:
     """What checkpoints were trained from: recipe (less RESUMABLE_CHANGES), model, pairs, seed."""
     r = {k: v for k, v in asdict(recipe).items() if k not in RESUMABLE_CHANGES}
-    ident = {
-        "recipe": r,
-        "model": _file_identity(Path(a.model)),
-        "pairs": [_file_identity(Path(p)) for p in a.pairs],
-        "videodpo": [_file_identity(Path(a.videodpo) / n) for n in ("pair.json", "metadata.json")]
-        if a.videodpo
-        else None,
-        "dupbeta": a.dupbeta,
-        "seed": a.seed,
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _checkpoints(root: Path) -> list[tuple[int, Path, bool]]:
-    out = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = re.fullmatch(r"step-(\d+)", d.name)
-            if m and d.is_dir():
-                out.append((int(m.group(1)), d, (d / COMPLETE).is_file()))
-    return sorted(out)
-
-
-def claim_checkpoint_dir(root: Path, fingerprint: str) -> None:
-    """Keep the checkpoints only if they come from this configuration; drop incomplete ones (killed mid-save)."""
-    stamp = root / "run.json"
-    old = None
-    if stamp.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            old = json.loads(stamp.read_text()).get("fingerprint")
-    ckpts = _checkpoints(root)
-    if ckpts and old != fingerprint:
-        log.warning(
-            "%s holds checkpoints of another configuration (recipe, model, pairs or seed); starting over", root
-        )
-        for _, d, _ in ckpts:
-            shutil.rmtree(d)
-    else:
-        for _, d, complete in ckpts:
-            if not complete:
-                log.warning("removing incomplete checkpoint %s", d)
-                shutil.rmtree(d)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp, {"fingerprint": fingerprint})
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest checkpoint with a COMPLETE marker, or None."""
-    complete = [(s, d) for s, d, ok in _checkpoints(root) if ok]
-    return complete[-1][1] if complete else None
-
-
-def prune_checkpoints(root: Path, keep: int) -> None:
-    complete = [d for _, d, ok in _checkpoints(root) if ok]
-    for d in complete[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
+    videodpo = [file_identity(Path(a.videodpo) / n) for n in ("pair.json", "metadata.json")] if a.videodpo else None
+    return fingerprint(
+        {
+            "recipe": r,
+            "model": file_identity(Path(a.model)),
+            "pairs": [file_identity(Path(p)) for p in a.pairs],
+            "videodpo": videodpo,
+            "dupbeta": a.dupbeta,
+            "seed": a.seed,
+        }
+    )
 
 
 def _rng_state(noise_gen) -> dict[str, Any]:
@@ -550,8 +502,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]]) -> int:
     """Run (or resume) the DPO training; 0 when the model is written, PREEMPTED_EXIT_CODE after SIGURG/SIGUSR1."""
-    from ..grpo.preempt import SignalFlag
-
     flag = SignalFlag()  # installed first, so a warning that comes while the latents are encoded is not lost
     flag.install()
     try:
@@ -566,7 +516,6 @@ def _train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]], f
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from ..grpo.preempt import PREEMPTED_EXIT_CODE, any_rank
     from ..t2v.model import encode_prompts, load_generator, save_generator
     from ..t2v.scheduler import T2VTurboScheduler, w_embedding
     from .data import LatentCache
@@ -630,9 +579,10 @@ def _train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]], f
     # --- resume
     noise_gen = torch.Generator().manual_seed(a.seed * 1_000_003 + rank + 1)
     if is_main:
-        claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a, recipe))
+        # the latent cache (default <checkpoint-dir>/latents) was just filled and depends on the videos only
+        claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a, recipe), pattern=CHECKPOINT, keep=("latents",))
     accelerator.wait_for_everyone()
-    resume = latest_checkpoint(a.checkpoint_dir)
+    resume = latest_checkpoint(a.checkpoint_dir, CHECKPOINT)
     step = 0
     if resume is not None:
         step = load_checkpoint(accelerator, resume, model, optimizer, lr_sched, noise_gen)
@@ -721,7 +671,7 @@ def _train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]], f
                     accelerator, a.checkpoint_dir, step, model, optimizer, lr_sched, noise_gen, ckpt_state
                 )
                 if is_main:
-                    prune_checkpoints(a.checkpoint_dir, recipe.keep_checkpoints)
+                    prune_checkpoints(a.checkpoint_dir, recipe.keep_checkpoints, CHECKPOINT)
                 if stop and step < recipe.max_steps:
                     name = flag.received.name if flag.received else "signal on another process"
                     log.warning("%s: wrote %s; exiting with %d so the job is rerun", name, d, PREEMPTED_EXIT_CODE)

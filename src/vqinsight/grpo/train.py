@@ -16,13 +16,9 @@ after) and `meta.json` go to --output-dir, written atomically.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +27,22 @@ from typing import Any
 import yaml
 
 from ..config import recipe_from_mapping
-from ..media import add_media_args, media_spec, processor_pixels
+from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
-from .common import cpu_float32, save_atomically, seed_everything
+from ..records import select_rows, swapped, to_records
+from ..training import (
+    claim_checkpoint_dir,
+    cpu_float32,
+    curves_table,
+    held_out_rows,
+    latest_checkpoint,
+    run_fingerprint,
+    save_atomically,
+    seed_everything,
+)
+from .reward_funcs import build_correctness, build_reward_funcs
 
 log = logging.getLogger("vqinsight.grpo")
-COMPLETE = "COMPLETE"
 
 
 @dataclass
@@ -113,8 +119,6 @@ def with_both_orders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with every comparison also in the swapped order (videos exchanged, label flipped), each copy right
     after its original; the copy's sample_id ends in ``|BA``. Balances the A/B labels exactly, so a constant answer
     earns no choice reward on average."""
-    from ..records import swapped
-
     out: list[dict[str, Any]] = []
     for r in rows:
         out.append(r)
@@ -129,110 +133,6 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """Newest checkpoint with a COMPLETE marker; incomplete ones (a kill during saving) are removed."""
-    if not ckpt_dir.is_dir():
-        return None
-    found = []
-    for d in ckpt_dir.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
-        if not m or not d.is_dir():
-            continue
-        if (d / COMPLETE).exists():
-            found.append((int(m.group(1)), d))
-        else:
-            log.warning("removing incomplete checkpoint %s", d)
-            shutil.rmtree(d, ignore_errors=True)
-    return max(found)[1] if found else None
-
-
-def _file_identity(path: Path) -> list:
-    """Cheap identity of a file or directory tree: relative names, sizes and mtimes (no hashing of weights)."""
-    if path.is_file():
-        st = path.stat()
-        return [path.name, st.st_size, st.st_mtime_ns]
-    if path.is_dir():
-        return [
-            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in sorted(path.rglob("*"))
-            if f.is_file()
-        ]
-    return [str(path)]  # a hub id
-
-
-def run_fingerprint(a: argparse.Namespace) -> str:
-    """What a checkpoint was trained from: recipe text, init model, data, seed and media settings."""
-    ident = {
-        "recipe": Path(a.recipe).read_text(),
-        "recipe_override": getattr(a, "recipe_override", None),
-        "model": [a.model, _file_identity(Path(a.model))],
-        "manifests": [[m, _file_identity(Path(m))] for m in a.manifests],
-        "tasks": a.tasks,
-        "split": a.split,
-        "seed": a.seed,
-        "media": [a.nframes, a.max_pixels, a.min_pixels, a.image_max_pixels, a.reader, list(a.scale)],
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def claim_checkpoint_dir(ckpt_dir: Path, fingerprint: str) -> None:
-    """Keep checkpoints only if they come from this very configuration; otherwise start clean.
-
-    A rerun after an interruption resumes; a rerun because the recipe, init model or data changed must not.
-    """
-    stamp = ckpt_dir / "run.json"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
-        if old != fingerprint:
-            log.warning("%s holds checkpoints of a different configuration; starting from scratch", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp, {"fingerprint": fingerprint})
-
-
-def _callbacks(curves_path: Path):
-    from transformers import TrainerCallback
-
-    class MarkComplete(TrainerCallback):
-        """Runs after the Trainer finished writing a checkpoint: only then is it trusted for resuming."""
-
-        def on_save(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if d.is_dir():
-                    (d / COMPLETE).write_text(f"{state.global_step}\n")
-
-    class CsvLog(TrainerCallback):
-        """Appends every log record to a CSV while training runs (live monitoring)."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs:
-                new = not curves_path.exists()
-                with open(curves_path, "a", newline="") as f:
-                    w = csv.writer(f)
-                    if new:
-                        w.writerow(["step", "key", "value"])
-                    for k, v in sorted(logs.items()):
-                        if isinstance(v, int | float):
-                            w.writerow([state.global_step, k, v])
-
-    from ..progress import training_progress_callback
-    from .preempt import CheckpointOnSignal
-
-    # CheckpointOnSignal last, so MarkComplete has marked the checkpoint it saves on SLURM's warning signal.
-    return [MarkComplete(), CsvLog(), training_progress_callback(), CheckpointOnSignal()]
-
-
-def curves_table(log_history: list[dict]) -> str:
-    """Wide CSV of the trainer's log history: one row per logged step, one column per metric."""
-    rows = [h for h in log_history if "step" in h]
-    keys = sorted({k for h in rows for k, v in h.items() if isinstance(v, int | float) and k != "step"})
-    lines = [",".join(["step", *keys])]
-    for h in rows:
-        lines.append(",".join([str(h["step"]), *("" if h.get(k) is None else repr(float(h[k])) for k in keys)]))
-    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,16 +156,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _held_out(a: argparse.Namespace, recipe: Recipe) -> list[dict[str, Any]]:
-    """Held-out rows of the run's tasks (split --eval-split), a fixed seeded sample of recipe.eval.n."""
-    from ..records import select_rows, to_records
-
-    if not a.eval_manifests:
-        return []
-    n = recipe.eval.get("n", 128)
-    return to_records(select_rows(a.eval_manifests, a.tasks, a.eval_split, limit=n, seed=a.seed + 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -274,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(m).is_file():
             log.error("%s: data manifest not found (run the manifest rule: snakemake %s)", m, m)
             return 2
+    # torch and the modules that import it: here, not at the top, because the Snakefile imports this module's
+    # Recipe at DAG start (rules/checks.smk), where a torch import would cost seconds per snakemake call
     import torch
     from trl import GRPOConfig
 
-    from ..media import MediaLoader
+    from ..callbacks import trainer_callbacks
     from ..models.load import load_model_and_processor
-    from ..records import select_rows, to_records
     from .data import build_dataset
     from .heldout import evaluate
-    from .reward_funcs import build_correctness, build_reward_funcs
     from .trainer import VideoGRPOTrainer
 
     if a.threads:
@@ -318,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:
         claim_checkpoint_dir(a.checkpoint_dir, run_fingerprint(a))
-    eval_rows = _held_out(a, recipe)
+    eval_rows = held_out_rows(a, recipe.eval)
     gen_kw = {
         "batch_size": recipe.eval.get("batch_size", 32),
         "max_new_tokens": recipe.eval.get("max_new_tokens", tk["max_completion_length"]),
@@ -350,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=_callbacks(a.checkpoint_dir / "curves.live.csv"),
+        callbacks=trainer_callbacks(a.checkpoint_dir / "curves.live.csv"),
         temporal=bool(t.get("enabled", False)),
         temporal_rollouts=t.get("rollouts"),
         alpha=t.get("alpha", 0.3),

@@ -24,7 +24,7 @@ import numpy as np
 from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import write_meta
 from ..records import select_rows, to_records
-from .common import save_atomically, seed_everything
+from ..training import save_atomically, seed_everything
 from .data import encode_batch
 
 log = logging.getLogger("vqinsight.warmstart")

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from ..grpo.common import seed_everything
 from ..media import add_media_args, media_spec, processor_pixels
 from ..models.load import load_processor, vision_token_ids
 from ..progress import progress
 from ..prompts import TASKS
 from ..provenance import write_meta
 from ..records import append_records, expand, read_done, select_rows, to_records
+from ..training import seed_everything
 from ..vllm_engine import VLLMJudgeEngine
 from .engine import ENGINES, open_judge
 from .formats import FORMATS
