@@ -1,0 +1,260 @@
+"""What the training commands share: GRPO (``grpo/train.py``) and SFT (``baselines/sft.py``) of the judge, and
+Diffusion-DPO of the generator (``dpo/train.py``).
+
+- Seeding (``seed_everything``), float32 without CUDA (``cpu_float32``), atomic model saving (``save_atomically``).
+- Checkpoint directories: a checkpoint counts once its ``COMPLETE`` marker exists (``list_checkpoints``,
+  ``latest_checkpoint``); a rerun keeps a directory's checkpoints only if they come from the same configuration
+  (``fingerprint``, ``run_fingerprint``, ``claim_checkpoint_dir``), else it starts clean.
+- The wide curves table of a Trainer's log history (``curves_table``) and the held-out rows (``held_out_rows``).
+- SLURM's time-limit warning (``SignalFlag``, ``any_rank``, ``PREEMPTED_EXIT_CODE``); the ``transformers.Trainer``
+  callbacks built on these are in ``vqinsight.callbacks``.
+
+**The warning signal.** The cluster profile (slurm/config.yaml) submits the training rules with
+``--signal=URG@<seconds>``: that many seconds before the time limit SLURM sends SIGURG to every process of the job
+step. SIGURG, not the usual SIGUSR1, because on a Snakemake cluster the trainer is not alone in its step: ``srun``
+starts Snakemake, which starts a shell, which starts ``accelerate launch`` and then the trainer. SIGUSR1 terminates
+every process that does not handle it, so the step would end (and take the trainer with it) before any checkpoint is
+written; SIGURG is ignored by default, so only the processes that install a handler react to it (both seen on SLURM
+22.05; tests/workflow/test_slurm.py checks the SIGURG path). The trainer then saves a checkpoint at the end of the
+current step and exits with ``PREEMPTED_EXIT_CODE``; the job fails, Snakemake resubmits it (``retries`` in the
+profile) or a later run reruns it, and training resumes from that checkpoint. Under ``accelerate launch`` every rank
+receives the signal; the ranks agree on the step to stop at through one all-reduce per step (``any_rank``).
+
+Torch-free at import: the Snakefile imports the training commands' recipe classes at DAG start, so torch is imported
+only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .provenance import atomic_write_json
+from .records import select_rows, to_records
+
+log = logging.getLogger("vqinsight.training")
+
+COMPLETE = "COMPLETE"  # written into a checkpoint directory last: only then is the checkpoint used for resuming
+TRAINER_CHECKPOINT = r"checkpoint-(\d+)"  # transformers.Trainer's checkpoint directories (GRPO, SFT)
+HELD_OUT_ROWS = 128  # held-out rows evaluated before and after training when a recipe's eval.n is absent
+# SIGURG: what the cluster profile sends (see the module docstring). SIGUSR1: for a trainer started directly with
+# `srun`/`sbatch --signal=USR1@...`, outside Snakemake, where it is the usual choice.
+SIGNALS: tuple[signal.Signals, ...] = (signal.SIGURG, signal.SIGUSR1)
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"; the rerun resumes from the checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cpu_float32(trainer_kwargs: dict, cuda: bool, logger: logging.Logger) -> dict:
+    """Without CUDA, turn off bf16 (TRL's configs autocast to bf16 by default): on a CPU that emulates bf16 matmuls
+    and attention, and the demo's GRPO steps ran 28 % slower than in float32 (docs/PERFORMANCE.md)."""
+    if not cuda and trainer_kwargs.get("bf16", True):
+        logger.info("no CUDA device: training in float32 (bf16 autocast off)")
+        trainer_kwargs["bf16"] = False
+    return trainer_kwargs
+
+
+def save_atomically(model, processor, out_dir: str | os.PathLike) -> Path:
+    """save_pretrained (safetensors) into `<out>.tmp`, then rename: a killed job never leaves a half model."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def list_checkpoints(root: Path, pattern: str = TRAINER_CHECKPOINT) -> list[tuple[int, Path, bool]]:
+    """(step, directory, complete) of every checkpoint directory under ``root`` whose name matches ``pattern`` (one
+    group: the step), by step."""
+    out = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = re.fullmatch(pattern, d.name)
+            if m and d.is_dir():
+                out.append((int(m.group(1)), d, (d / COMPLETE).is_file()))
+    return sorted(out)
+
+
+def latest_checkpoint(root: Path, pattern: str = TRAINER_CHECKPOINT) -> Path | None:
+    """Newest checkpoint with a COMPLETE marker; incomplete ones (a kill during saving) are removed."""
+    found = []
+    for step, d, complete in list_checkpoints(root, pattern):
+        if complete:
+            found.append((step, d))
+        else:
+            log.warning("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(root: Path, keep: int, pattern: str = TRAINER_CHECKPOINT) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints."""
+    complete = [d for _, d, ok in list_checkpoints(root, pattern) if ok]
+    for d in complete[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def claim_checkpoint_dir(
+    root: Path, fingerprint: str, *, pattern: str = TRAINER_CHECKPOINT, keep: Iterable[str] = ()
+) -> None:
+    """Keep the checkpoints under ``root`` only if they come from this very configuration; otherwise start clean.
+
+    A rerun after an interruption resumes; a rerun because the recipe, init model or data changed must not: then
+    everything under ``root`` but the names in ``keep`` (a cache that does not depend on the configuration) is
+    removed. Otherwise only incomplete checkpoints (a kill during saving) are. The configuration's fingerprint is
+    stamped into ``root/run.json``.
+    """
+    stamp = root / "run.json"
+    old = None
+    if stamp.is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            old = json.loads(stamp.read_text()).get("fingerprint")
+    keep = set(keep)
+    if root.is_dir() and old != fingerprint:
+        stale = [p for p in root.iterdir() if p.name not in keep]
+        if any(p.name != stamp.name for p in stale):
+            log.warning("%s holds checkpoints of a different configuration; starting from scratch", root)
+        for p in stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    for _, d, complete in list_checkpoints(root, pattern):
+        if not complete:
+            log.warning("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"fingerprint": fingerprint})
+
+
+def file_identity(path: Path) -> list:
+    """Cheap identity of a file or directory tree: relative names, sizes and mtimes (no hashing of weights)."""
+    if path.is_file():
+        st = path.stat()
+        return [path.name, st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        return [
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(path.rglob("*"))
+            if f.is_file()
+        ]
+    return [str(path)]  # a hub id
+
+
+def fingerprint(ident: dict[str, Any]) -> str:
+    """SHA-256 of a configuration's identity (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_fingerprint(a: argparse.Namespace) -> str:
+    """What a judge checkpoint (GRPO, SFT) was trained from: recipe text, init model, data, seed and media settings."""
+    return fingerprint(
+        {
+            "recipe": Path(a.recipe).read_text(),
+            "recipe_override": getattr(a, "recipe_override", None),
+            "model": [a.model, file_identity(Path(a.model))],
+            "manifests": [[m, file_identity(Path(m))] for m in a.manifests],
+            "tasks": a.tasks,
+            "split": a.split,
+            "seed": a.seed,
+            "media": [a.nframes, a.max_pixels, a.min_pixels, a.image_max_pixels, a.reader, list(a.scale)],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------ logs, held-out
+
+
+def curves_table(log_history: list[dict]) -> str:
+    """Wide CSV of the trainer's log history: one row per logged step, one column per metric."""
+    rows = [h for h in log_history if "step" in h]
+    keys = sorted({k for h in rows for k, v in h.items() if isinstance(v, int | float) and k != "step"})
+    lines = [",".join(["step", *keys])]
+    for h in rows:
+        lines.append(",".join([str(h["step"]), *("" if h.get(k) is None else repr(float(h[k])) for k in keys)]))
+    return "\n".join(lines) + "\n"
+
+
+def held_out_rows(a: argparse.Namespace, eval_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Held-out rows of the run's tasks (split --eval-split), a fixed seeded sample of the recipe's ``eval.n``."""
+    if not a.eval_manifests:
+        return []
+    n = eval_spec.get("n", HELD_OUT_ROWS)
+    return to_records(select_rows(a.eval_manifests, a.tasks, a.eval_split, limit=n, seed=a.seed + 1))
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+class SignalFlag:
+    """Records the first of `signals` that arrives; installs its handlers in the main thread only."""
+
+    def __init__(self, signals: Iterable[signal.Signals] = SIGNALS):
+        self.signals = tuple(signals)
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def install(self) -> bool:
+        """Install the handlers (idempotent). Returns False where signals cannot be handled (not the main thread)."""
+        if self._previous:
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("not in the main thread: the SLURM warning signal will not trigger a checkpoint")
+            return False
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+        return True
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before `install`."""
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        # only record: saving from inside a signal handler could interrupt an optimizer step or a collective
+        if self.received is None:
+            self.received = signal.Signals(signum)
+
+    def is_set(self) -> bool:
+        return self.received is not None
+
+
+def any_rank(flag: bool) -> bool:
+    """True if `flag` is set on any rank (one all-reduce when torch.distributed runs with several processes)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else "cpu"
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
