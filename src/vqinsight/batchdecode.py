@@ -103,6 +103,18 @@ class Score:
             if not 1 <= k <= len(toks):
                 raise ValueError(f"scored count {k} is outside 1..{len(toks)} for a continuation")
 
+    def head(self) -> int:
+        """Length of the continuations' common first tokens."""
+        head, conts = 0, self.continuations
+        while all(len(c) > head for c in conts) and len({c[head] for c in conts}) == 1:
+            head += 1
+        return head
+
+    def chunk_tokens(self) -> int:
+        """Tokens of its scoring forward: the re-fed context token, the common head once, each branch."""
+        head = self.head()
+        return 1 + head + sum(len(c) - head for c in self.continuations)
+
 
 def first_block_end(ids: torch.Tensor, end_token_id: int) -> int:
     """Tokens up to and including the first ``end_token_id`` (the first vision block's end); 0 when absent."""
@@ -377,9 +389,7 @@ class BatchDecoder:
         token, the continuations' common head, then each continuation's own tail as a branch that sees the context,
         the head and itself only (written at [base, base + T), beyond the context; nothing else is overwritten)."""
         conts = spec.continuations
-        head = 0
-        while all(len(c) > head for c in conts) and len({c[head] for c in conts}) == 1:
-            head += 1
+        head = spec.head()
         tail_toks = list(conts[0][:head])
         starts, toks = [], [refeed, *tail_toks]
         for c in conts:
@@ -429,8 +439,7 @@ class BatchDecoder:
             if spec.kept:
                 raise ValueError("score() has no generated tokens to keep; use kept = 0")
             n = req.ids.numel()
-            room = 1 + sum(len(c) for c in spec.continuations)
-            k_rows, v_rows = self._scratch(n + room)
+            k_rows, v_rows = self._scratch(n + spec.chunk_tokens())
             self._prefill(req, k_rows, v_rows, 0, n - 1)
             out.append(self._score_chunk(k_rows, v_rows, n - 1, int(req.ids[-1]), req.positions[:, -1], spec))
         return out
@@ -575,7 +584,7 @@ class BatchDecoder:
             raise ValueError(f"request {r}: kept {spec.kept} > its {len(new)} new tokens")
         n = req.ids.numel()
         base = n + spec.kept - 1
-        if base + 1 + sum(len(c) for c in spec.continuations) > s.cols.shape[0]:
+        if base + spec.chunk_tokens() > s.cols.shape[0]:
             return
         if spec.kept == 0:
             refeed, p0 = int(req.ids[-1]), req.positions[:, -1]

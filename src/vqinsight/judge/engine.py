@@ -1,7 +1,10 @@
 """The judge engine: a loaded judge model that turns judgment items into prediction records.
 
-Engines: ``static`` (vision features once per media item in a ``VisionCache`` + ``fastdecode.StaticDecoder``
-decoding; the default), ``hf`` (per-row processor + transformers ``generate()``) and ``vllm`` (``vllm_engine``).
+Engines: ``batch`` (vision features once per media item in a ``VisionCache`` + ``batchdecode.BatchDecoder``:
+continuous batching over ``max_batch`` cache slots, the system prompt and first video prefilled once per group of
+rows that share them, the margin scored from each row's own cache; ``batched`` module), ``static`` (the same cache
++ ``fastdecode.StaticDecoder``, one fixed batch at a time), ``hf`` (per-row processor + transformers
+``generate()``) and ``vllm`` (``vllm_engine``).
 
 **Margin for tie calibration** (documented choice, docs/EVALUATION.md). The judge answers
 "Video A" or "Video B", which makes the pairwise margin binary and the tie-calibrated accuracy degenerate. We use
@@ -28,10 +31,12 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..batchdecode import BatchDecoder
 from ..fastdecode import StaticDecoder
 from ..media import MediaLoader
 from ..models.load import load_model_and_processor, vision_token_ids
 from ..records import Item, ground_truth
+from . import batched
 from .formats import (
     CANDIDATES,
     FORMAT_CANDIDATES,
@@ -43,7 +48,7 @@ from .formats import (
     released_prediction,
 )
 
-ENGINES = ("hf", "static", "vllm")
+ENGINES = ("batch", "static", "hf", "vllm")
 _PAD_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 _PAD_RE = re.compile(r"<\|(image|video)_pad\|>")
 
@@ -167,6 +172,7 @@ class Judge:
         compile: bool | None = None,
         margin_from_cache: bool | None = None,
         vllm: Any = None,
+        max_batch: int = 128,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -182,7 +188,11 @@ class Judge:
         self.device = next(model.parameters()).device if model is not None else None
         self.engine = engine
         # engine "static": vision features once per media item (VisionCache) and fastdecode.StaticDecoder decoding
-        self.vision = VisionCache(model, processor, cache_items) if engine == "static" else None
+        self.vision = VisionCache(model, processor, cache_items) if engine in ("static", "batch") else None
+        # engine "batch": batchdecode.BatchDecoder over max_batch slots (one call sees a whole batch of rows)
+        self.batch = BatchDecoder(model, max_batch=max_batch, compile=bool(compile)) if engine == "batch" else None
+        self.batch_scores: dict[str, Any] | None = None
+        self.last_tokens: list[list[int]] = []  # new tokens of the last greedy generate() (batch and static)
         self.decoder = None
         if engine == "static":
             # the judge's weights never change: on CUDA fuse QKV and gate/up (4 matmuls per layer instead of 7;
@@ -241,28 +251,33 @@ class Judge:
         )
         return enc.to(self.device), texts
 
+    def expand_prompt(self, r: dict[str, Any]) -> tuple[str, list[MediaEntry]]:
+        """The row's chat text with each vision placeholder expanded to its VisionCache token count, and the media
+        entries in prompt order."""
+        kind = "image" if r["media_type"] == "image" else "video"
+        mt = r["media_type"]
+        entries = [self.vision.get((m, mt), kind, lambda m=m: self.loader(m, mt)) for m in r["media"]]
+        msgs = messages(r, list(r["media"]), self.fmt, self.style, self.scale)
+        text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        pending, order = iter(entries), []
+
+        def expand_pad(match: re.Match) -> str:
+            entry = next(pending, None)
+            if entry is None or entry.kind != match.group(1):
+                raise ValueError(f"{r.get('sample_id')}: prompt placeholders do not match the row's media")
+            order.append(entry)
+            return _PAD_TOKENS[entry.kind] * entry.n_tokens
+
+        return _PAD_RE.sub(expand_pad, text), order
+
     def _encode_cached(self, rows: list[dict[str, Any]], suffixes: list[str] | None = None):
         """Model inputs like ``_encode``'s, from the VisionCache: text tokenised alone, features precomputed."""
         texts: list[str] = []
         order: list[MediaEntry] = []  # media in prompt order over the batch
         for i, r in enumerate(rows):
-            kind = "image" if r["media_type"] == "image" else "video"
-            entries = [
-                self.vision.get((m, r["media_type"]), kind, lambda m=m, r=r: self.loader(m, r["media_type"]))
-                for m in r["media"]
-            ]
-            msgs = messages(r, list(r["media"]), self.fmt, self.style, self.scale)
-            text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            pending = iter(entries)
-
-            def expand_pad(match: re.Match, pending=pending, row=r) -> str:
-                entry = next(pending, None)
-                if entry is None or entry.kind != match.group(1):
-                    raise ValueError(f"{row.get('sample_id')}: prompt placeholders do not match the row's media")
-                order.append(entry)
-                return _PAD_TOKENS[entry.kind] * entry.n_tokens
-
-            texts.append(_PAD_RE.sub(expand_pad, text) + (suffixes[i] if suffixes else ""))
+            text, entries = self.expand_prompt(r)
+            order += entries
+            texts.append(text + (suffixes[i] if suffixes else ""))
         enc = dict(self.processor.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
         enc["mm_token_type_ids"] = mm_token_types(self.processor.tokenizer, enc["input_ids"])
         outputs = {}
@@ -279,14 +294,39 @@ class Judge:
             enc["mm_encoder_outputs"] = outputs
         return enc, texts
 
+    def eos_ids(self) -> list[int]:
+        """Token ids that end a completion (the generation config's, else the tokenizer's)."""
+        return self._eos_ids()
+
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.processor.tokenizer.eos_token_id
         return [int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])] if eos is not None else []
 
-    def generate(self, rows: list[dict[str, Any]], *, sample: bool = False, k: int = 1, temperature: float = 1.0):
-        """Completions (k per row when sampling) for rows, decoded without special tokens."""
+    def generate(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        sample: bool = False,
+        k: int = 1,
+        temperature: float = 1.0,
+        verdicts: dict[str, tuple[str, ...]] | None = None,
+        limits: list[int] | None = None,
+    ):
+        """Completions (k per row when sampling) for rows, decoded without special tokens. Engine batch: with
+        ``verdicts``, the answer strings are scored while each row's cache is there (``candidate_probs`` then reads
+        them); ``limits[i]`` caps row i's new tokens below max_new_tokens."""
+        if self.batch is not None:
+            strings = [s for group in verdicts.values() for s in group] if verdicts else None
+            new = batched.generate(self, rows, sample=sample, k=k, temperature=temperature, strings=strings,
+                                   limits=limits)  # fmt: skip
+            texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            if not sample:
+                self.last_tokens = new
+            return [texts[i * k : (i + 1) * k] for i in range(len(rows))] if sample else texts
+        if limits is not None:
+            raise ValueError("per-row limits need engine 'batch'")
         if self.vllm is not None:
             reqs, _ = self._vllm_requests(rows)
             out = self.vllm.generate(reqs, sample=sample, k=k, temperature=temperature)
@@ -305,6 +345,8 @@ class Judge:
                 reserve_tokens=0 if sample or not self.margin_from_cache else self.reserve_tokens,
             )
             texts = self.processor.batch_decode(new, skip_special_tokens=True)
+            if not sample:
+                self.last_tokens = new.tolist()
             if not sample:  # what _candidate_probs_shared needs to score from this generation's cache
                 self._last_gen = {"rows": rows, "ids": enc["input_ids"].cpu(), "am": enc["attention_mask"].cpu(),
                                   "new": new.cpu()}  # fmt: skip
@@ -319,6 +361,9 @@ class Judge:
 
     def candidate_probs(self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]):
         """Probabilities (n, len(verdicts)) of each verdict's answer strings after each row's prefix, normalised."""
+        if self.batch is not None:
+            strings = [s for group in verdicts.values() for s in group]
+            return _verdict_probs(batched.candidate_totals(self, rows, prefixes, strings), verdicts).numpy()
         if self.decoder is not None:
             return self._candidate_probs_shared(rows, prefixes, verdicts)
         if self.vllm is not None:
@@ -469,7 +514,8 @@ class Judge:
         """Prediction records for a batch of items (all of one task)."""
         rows = [it.row for it in items]
         task = rows[0]["task"]
-        completions = self.generate(rows)
+        verdicts = FORMAT_CANDIDATES.get(self.fmt, {}).get(task, CANDIDATES[task]) if task in CANDIDATES else None
+        completions = self.generate(rows, verdicts=verdicts)
         records = []
         for it, comp in zip(items, completions, strict=True):
             answer, pred = parse_prediction(task, comp, self.fmt, self.scale)
