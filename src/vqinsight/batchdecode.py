@@ -635,12 +635,12 @@ class BatchDecoder:
         sampling = {"do_sample": do_sample, "temperature": float(temperature), "top_p": float(top_p),
                     "eos": eos, "suppress": suppress}  # fmt: skip
         limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
-        width = max(limits)
         if reserve_tokens < 0:
             raise ValueError(f"reserve_tokens must be >= 0, got {reserve_tokens}")
-        total = self._bucket(
-            max(r.ids.numel() + lim for r, lim in zip(requests, limits, strict=True)) + reserve_tokens
-        )
+        # the buffers' shape depends on the call's cap, not on the rows' own caps, so calls with other per-row
+        # limits reuse the buffers and the captured step
+        width = max_new_tokens
+        total = self._bucket(max(r.ids.numel() for r in requests) + max_new_tokens + reserve_tokens)
         self.scores = [None] * len(requests)
         s = self._buffers(min(self.max_batch, len(requests)), total, width)
         if sampling != self._sampling:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..answer_format import answer_prefix
 from ..batchdecode import BatchDecoder
 from ..fastdecode import StaticDecoder
 from ..media import MediaLoader
@@ -42,7 +43,6 @@ from .formats import (
     FORMAT_CANDIDATES,
     FORMATS,
     RELEASE_SCALE,
-    answer_prefix,
     messages,
     parse_prediction,
     released_prediction,
@@ -357,6 +357,8 @@ class Judge:
         with torch.no_grad():
             seq = self.model.generate(**enc, suppress_tokens=self.suppress, **kw)
         texts = self.processor.batch_decode(seq[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        if not sample:
+            self.last_tokens = seq[:, enc["input_ids"].shape[1] :].tolist()
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))] if sample else texts
 
     def candidate_probs(self, rows: list[dict[str, Any]], prefixes: list[str], verdicts: dict[str, tuple[str, ...]]):
