@@ -174,13 +174,14 @@ def test_summary_keeps_the_call_that_ran_each_job():
     def job(jid, status, **kw):
         return {"jobid": jid, "rule": f"r{jid}", "wildcards": {}, "gpu": 1, "status": status, **kw}
 
-    first = {"config": "c", "jobs": [job(1, "ok", wall_s=3.0, peak_gpu_used_gib=9.5), job(2, "not run: deadline")]}
-    second = {"config": "c", "jobs": [job(1, "done before"), job(2, "ok", wall_s=4.0, peak_gpu_used_gib=1.0)]}
+    mem = {"peak_gpu_proc_gib": 9.5, "peak_gpu_device_gib": 20.0, "concurrent": 2}
+    first = {"config": "c", "jobs": [job(1, "ok", wall_s=3.0, **mem), job(2, "not run: deadline")]}
+    second = {"config": "c", "jobs": [job(1, "done before"), job(2, "ok", wall_s=4.0, peak_gpu_proc_gib=1.0)]}
     rep = smoke.merge([first, second])
     got = {j["jobid"]: (j["status"], j.get("call"), j.get("wall_s")) for j in rep["jobs"]}
     assert got == {1: ("ok", 0, 3.0), 2: ("ok", 1, 4.0)}
     table = smoke.markdown(rep)
-    assert "| r1  | ok | 3.0 | 9.5 |" in table and "| r2  | ok | 4.0 | 1.0 |" in table
+    assert "| r1  | ok | 3.0 | 9.5 / 20.0 | 2 |" in table and "| r2  | ok | 4.0 | 1.0 / None | 0 |" in table
 
 
 def test_run_does_not_start_a_job_whose_inputs_are_missing(tmp_path, monkeypatch):
@@ -201,3 +202,90 @@ def test_smoke_overlay_merged_onto_the_paper_config_validates():
     validate_config(config, REPO / "config/schema.yaml", source="config.yaml + smoke.yaml")
     assert config["model"]["base"] == "results/smoke/models/Qwen2.5-VL-3B-Instruct"
     assert config["datasets"]["lsvq"]["source"] == "synthetic" and config["data"]["nframes"] == 16
+
+
+def _spans(tmp_path: Path) -> dict[str, tuple[float, float]]:
+    """(start, end) of each job that wrote ``t/<name>`` with ``date +%s.%N`` at its start and end."""
+    out = {}
+    for f in (tmp_path / "t").iterdir():
+        a, b = (float(x) for x in f.read_text().split())
+        out[f.name] = (a, b)
+    return out
+
+
+def _timed(name: str, secs: float) -> str:
+    return f"mkdir -p t && date +%s.%N > t/{name} && sleep {secs} && date +%s.%N >> t/{name} && touch o{name}"
+
+
+def test_run_packs_gpu_jobs_by_their_memory_estimates_and_caps_the_job_count(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(smoke.replay, "GPU_GIB", {"big": 60, "small": 12})
+    plan = _plan(
+        tmp_path,
+        [
+            {"rule": "big", "jobid": 1, "gpu": 1, "output": ["o1"], "log": ["1.log"], "shell": _timed("1", 1.5)},
+            {"rule": "big", "jobid": 2, "gpu": 1, "output": ["o2"], "log": ["2.log"], "shell": _timed("2", 0.5)},
+            {"rule": "small", "jobid": 3, "gpu": 1, "output": ["o3"], "log": ["3.log"], "shell": _timed("3", 0.5)},
+            {"rule": "cpu", "jobid": 4, "output": ["o4"], "log": ["4.log"], "shell": _timed("4", 0.5)},
+        ],
+    )
+    jobs = _run(tmp_path, plan, "--max-jobs", "3", "--gpu-budget-gib", "76")
+    assert all(j["status"] == "ok" for j in jobs.values())
+    s = _spans(tmp_path)
+    # job 2 (60 GiB) waits for job 1 (60 + 60 > 76) and holds back job 3 behind it, though 60 + 12 would fit;
+    # the CPU job runs beside job 1
+    assert s["2"][0] >= s["1"][1] and s["3"][0] >= s["2"][0]
+    assert s["4"][0] < s["1"][1] and jobs["cpu"]["concurrent"] >= 1
+    jobs = _run(tmp_path, plan, "--max-jobs", "3", "--gpu-budget-gib", "76")
+    assert {j["status"] for j in jobs.values()} == {"done before"}
+
+
+def test_run_kills_a_job_at_its_time_limit_and_skips_what_needs_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = _plan(
+        tmp_path,
+        [
+            {
+                "rule": "slow",
+                "jobid": 1,
+                "output": ["o1"],
+                "log": ["1.log"],
+                "shell": "echo started > 1.log; sleep 30",
+            },
+            {"rule": "next", "jobid": 2, "input": ["o1"], "output": ["o2"], "log": ["2.log"], "shell": "touch o2"},
+        ],
+    )
+    jobs = _run(tmp_path, plan, "--job-timeout-s", "1")
+    assert jobs["slow"]["status"] == "failed" and jobs["slow"]["killed"] == "timeout"
+    assert jobs["slow"]["wall_s"] < 10 and jobs["slow"]["log_tail"] == ["started"]
+    assert jobs["next"]["status"] == "skipped: an input job failed"
+
+
+def test_run_links_checkpoint_dirs_elsewhere_and_prunes_them_after_success(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    script = "mkdir -p ck/a/step-1 && head -c 2048 /dev/zero > ck/a/step-1/w && mkdir -p out && touch out/m"
+    shell = f": --checkpoint-dir ck/a && {script}"  # the trainer's argument names the directory
+    plan = _plan(tmp_path, [{"rule": "train", "jobid": 1, "output": ["out"], "log": ["t.log"], "shell": shell}])
+    jobs = _run(tmp_path, plan, "--ckpt-root", str(tmp_path / "shm"), "--prune-checkpoints")
+    job = jobs["train"]
+    assert job["status"] == "ok" and Path("ck/a").is_symlink()
+    assert Path("ck/a").resolve() == (tmp_path / "shm" / "ck_a").resolve()
+    assert job["checkpoint_bytes"] == 2048 and not (tmp_path / "shm" / "ck_a").exists()
+
+
+def test_plan_adds_the_model_writes_as_jobs_that_loaders_wait_for(tmp_path):
+    dry = tmp_path / "dry.txt"
+    dry.write_text(
+        DRY.replace(
+            "input: data/a.txt, cfg.yaml", "input: data/a.txt, m/Qwen2.5-VL-3B-Instruct, m/T2V-Turbo-MS/unet_lora.pt"
+        )
+    )
+    out = tmp_path / "plan.json"
+    assert smoke.main(["plan", "--dry-run", str(dry), "--out", str(out), "--models-root", "m"]) == 0
+    plan = json.loads(out.read_text())
+    train = next(j for j in plan["jobs"] if j["rule"] == "train")
+    assert train["needs"] == [-2, -1, 7]
+    models = {j["jobid"]: j for j in plan["jobs"] if j["rule"] == "smoke_models"}
+    assert models[-2]["output"] == ["m/text-to-video-ms-1.7b", "m/T2V-Turbo-MS/unet_lora.pt"]
+    assert "--only t2v" in models[-2]["shell"] and models[-1]["gpu"] == 1
+    assert plan["schedule"].index(-1) < plan["schedule"].index(3)
