@@ -13,21 +13,23 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .answer_format import ANSWER_CLOSE, ANSWER_OPEN, DIMENSIONS, TAGS, THINK_CLOSE, THINK_OPEN
+
 logger = logging.getLogger(__name__)
 
 #: Parsed numbers with a larger magnitude are rejected as garbage.
 MAX_ABS_VALUE = 1e6
-#: Canonical dimension names of the multi-dimension task.
-DIMENSIONS: tuple[str, ...] = ("spatial", "temporal", "alignment")
 #: Accepted spellings of each dimension (the official release calls alignment "consistency").
 _DIM_ALIASES = {"spatial": "spatial", "temporal": "temporal", "alignment": "alignment", "consistency": "alignment"}
 
 # Innermost blocks only: the body may not contain another opening or closing tag of the same name.
+_T0, _T1, _A0, _A1 = (re.escape(t) for t in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
 _BLOCK = {
-    tag: re.compile(rf"<{tag}>((?:(?!</?{tag}>).)*)</{tag}>", re.IGNORECASE | re.DOTALL) for tag in ("think", "answer")
+    name: re.compile(rf"{o}((?:(?!{o}|{c}).)*){c}", re.IGNORECASE | re.DOTALL)
+    for name, o, c in (("think", _T0, _T1), ("answer", _A0, _A1))
 }
-_TAG_COUNT = {t: re.compile(re.escape(t), re.IGNORECASE) for t in ("<think>", "</think>", "<answer>", "</answer>")}
-_WELL_FORMED = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+_TAG_COUNT = {t: re.compile(re.escape(t), re.IGNORECASE) for t in TAGS}
+_WELL_FORMED = re.compile(rf"\s*{_T0}.*?{_T1}\s*{_A0}.*?{_A1}\s*", re.DOTALL)
 _NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _DIM_LOOSE = re.compile(
     r"""["']?\b(spatial|temporal|alignment|consistency)(?:[ _-]?(?:quality|score))?["']?\s*[:=]\s*["']?"""
@@ -78,12 +80,12 @@ _LEADING_YES_NO = re.compile(r"^(yes|no)\b")
 # The official VQ-Insight code's own parsing (xuanyuzhang21/VQ-Insight, grpo_md_aigc.py), reproduced for the
 # rewards' official variants: case-sensitive tags, the FIRST answer block, Python's float() of the whole answer,
 # braces and a fixed key order for the three dimensions.
-_OFFICIAL_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)  # fullmatch, no strip
-_OFFICIAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+_OFFICIAL_FORMAT = re.compile(rf"{_T0}.*?{_T1}\s*{_A0}.*?{_A1}", re.DOTALL)  # fullmatch, no strip
+_OFFICIAL_ANSWER = re.compile(rf"{_A0}\s*(.*?)\s*{_A1}", re.DOTALL)
 _OFFICIAL_DIMS = re.compile(
-    r"<answer>\s*\{"
+    rf"{_A0}\s*\{{"
     + r"\s*,".join(rf'\s*"{key}"\s*:\s*([\d.]+)' for key in ("spatial", "temporal", "consistency"))
-    + r"\s*\}\s*</answer>",
+    + rf"\s*\}}\s*{_A1}",
     re.DOTALL,
 )
 

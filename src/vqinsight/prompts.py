@@ -11,13 +11,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from .answer_format import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    DIMENSIONS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    VIDEO_LABELS,
+    VIDEO_NAMES,
+    YES_NO,
+)
+
 TASKS: tuple[str, ...] = ("image_score", "video_score", "multidim_score", "comparison", "vqa")
 
 SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the answer. "
-    "The reasoning process and answer are enclosed within <think></think> and <answer></answer> tags."
+    f"The reasoning process and answer are enclosed within {THINK_OPEN}{THINK_CLOSE} and {ANSWER_OPEN}{ANSWER_CLOSE} "
+    "tags."
 )
+# the answer format as the instructions spell it (answer_format holds the strings)
+_THINK_TAGS, _ANSWER_TAGS = f"{THINK_OPEN} {THINK_CLOSE}", f"{ANSWER_OPEN} {ANSWER_CLOSE}"
+_DIM_KEYS = ", ".join(f'"{d}"' for d in DIMENSIONS[:-1]) + f' and "{DIMENSIONS[-1]}"'
 
 # -- single-score quality rating (Q-Insight wording) -------------------------------------------------------------
 SCORE_TEMPLATE = (
@@ -26,8 +41,8 @@ SCORE_TEMPLATE = (
     "excellent quality."
 )
 SCORE_ANSWER = (
-    "Provide your reasoning between <think> </think> tags and the final score (only the number) between "
-    "<answer> </answer> tags."
+    f"Provide your reasoning between {_THINK_TAGS} tags and the final score (only the number) between "
+    f"{_ANSWER_TAGS} tags."
 )
 
 # -- multi-dimensional rating (stage 1/3: spatial, temporal, text-video alignment) ----------------------------
@@ -37,25 +52,28 @@ MULTIDIM_TEMPLATE = (
     "float between {lo} and {hi}, rounded to two decimal places."
 )
 MULTIDIM_ANSWER = (
-    "Provide your reasoning between <think> </think> tags and give the final answer between <answer> </answer> "
-    'tags as a JSON object with the keys "spatial", "temporal" and "alignment".'
+    f"Provide your reasoning between {_THINK_TAGS} tags and give the final answer between {_ANSWER_TAGS} "
+    f"tags as a JSON object with the keys {_DIM_KEYS}."
 )
 
 # -- pairwise comparison (stage 2) --------------------------------------------------------------------------------
-COMPARISON_PROMPT_TEMPLATE = 'Video A and Video B were generated from the prompt: "{prompt}".\n'
+COMPARISON_PROMPT_TEMPLATE = (
+    f'{VIDEO_NAMES["A"]} and {VIDEO_NAMES["B"]} were generated from the prompt: "{{prompt}}".\n'
+)
 COMPARISON_QUESTION = (
     "Which video is better? Consider (1) visual quality, (2) temporal consistency, (3) dynamic degree, "
     "(4) text-video alignment and authenticity."
 )
 COMPARISON_ANSWER = (
-    "Provide your reasoning between <think> </think> tags. Your final answer between <answer> </answer> tags "
-    "must be either 'Video A' or 'Video B'."
+    f"Provide your reasoning between {_THINK_TAGS} tags. Your final answer between {_ANSWER_TAGS} tags "
+    f"must be either '{VIDEO_NAMES['A']}' or '{VIDEO_NAMES['B']}'."
 )
 
 # -- yes/no question answering (stage 2, VisionReward checklist) --------------------------------------------------
 VQA_TEMPLATE = 'This is an AI-generated video made from the prompt: "{prompt}".\nQuestion: {question}'
 VQA_ANSWER = (
-    "Provide your reasoning between <think> </think> tags and answer 'yes' or 'no' between <answer> </answer> tags."
+    f"Provide your reasoning between {_THINK_TAGS} tags and answer '{YES_NO[0]}' or '{YES_NO[1]}' between "
+    f"{_ANSWER_TAGS} tags."
 )
 
 
@@ -165,7 +183,7 @@ def build_messages(
             raise ValueError("task 'vqa' needs a question")
         text, labels, system = SHORT_TEXT[task].format(question=question), SHORT_LABELS, False
     else:
-        text, labels = user_text(task, prompt=prompt, question=question, scale=scale), ("Video A:", "Video B:")
+        text, labels = user_text(task, prompt=prompt, question=question, scale=scale), VIDEO_LABELS
     items = list(media)
     content: list[dict[str, Any]] = []
     if task == "comparison":

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vqinsight.answer_format import answer_prefix
 from vqinsight.grpo.reward_funcs import REWARD_KEYS, build_reward_funcs
 from vqinsight.judge import formats as judge
 from vqinsight.parsing import (
@@ -425,6 +426,6 @@ def test_judge_parse_prediction_and_answer_prefix(batch, fmt, task, scale):
     else:
         assert pred in ((None, "A", "B") if task == "comparison" else (None, "yes", "no"))
     text = completion_text(comps[-1]) + rnd.choice(["", "<answer>", "</answer>", "x</answer>", "<answer></answer>"])
-    prefix = judge.answer_prefix(text)
+    prefix = answer_prefix(text)
     assert isinstance(prefix, str) and prefix.endswith("<answer>") and prefix.count("<answer>") >= 1
     assert text.startswith(prefix) or text.startswith(prefix.removesuffix("<answer>"))

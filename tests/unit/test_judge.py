@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from vqinsight import records
+from vqinsight.answer_format import answer_prefix
 from vqinsight.evaluate import comparison_pairs, compute
 from vqinsight.evaluate import main as evaluate_main
 from vqinsight.judge import __main__ as judge_cli
@@ -35,7 +36,7 @@ from vqinsight.judge import formats
     ],
 )
 def test_answer_prefix(completion: str, prefix: str) -> None:
-    assert formats.answer_prefix(completion) == prefix
+    assert answer_prefix(completion) == prefix
 
 
 def test_expand_judges_comparisons_in_both_orders() -> None:

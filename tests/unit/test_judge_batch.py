@@ -71,7 +71,7 @@ def test_batch_engine_records_equal_the_hf_engine(world, style) -> None:
 
 
 def formats_prefix(completion: str) -> str:
-    from vqinsight.judge.formats import answer_prefix
+    from vqinsight.answer_format import answer_prefix
 
     return answer_prefix(completion)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from ..answer_format import DIMENSIONS, VIDEO_NAMES, completion, dimensions_answer, score_answer
 from ..config import recipe_from_mapping
 from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
@@ -111,24 +112,19 @@ def answer_text(row: dict[str, Any], style: str = "full") -> str:
     if task in ("image_score", "video_score"):
         if row.get("gt_score") is None:
             raise ValueError(f"{sid}: {task} row without gt_score")
-        return f"{float(row['gt_score']):.2f}"
+        return score_answer(row["gt_score"])
     if task == "multidim_score":
         d = row.get("gt_scores") or {}
-        if any(d.get(k) is None for k in ("spatial", "temporal", "alignment")):
-            raise ValueError(f"{sid}: multidim_score row without all of gt_scores.spatial/temporal/alignment")
-        if style == "short":
-            return " ".join(f"{float(d[k]):.2f}" for k in ("spatial", "temporal", "alignment"))
-        return (
-            f'{{"spatial": {float(d["spatial"]):.2f}, "temporal": {float(d["temporal"]):.2f}, '
-            f'"alignment": {float(d["alignment"]):.2f}}}'
-        )
+        if any(d.get(k) is None for k in DIMENSIONS):
+            raise ValueError(f"{sid}: multidim_score row without all of gt_scores.{'/'.join(DIMENSIONS)}")
+        return dimensions_answer(d, style)
     if task == "comparison":
         choice = row.get("gt_choice")
         if choice not in ("A", "B"):
             raise ValueError(
                 f"{sid}: comparison target must be gt_choice 'A' or 'B' (ties are dropped), got {choice!r}"
             )
-        return f"Video {choice}"
+        return VIDEO_NAMES[choice]
     if task == "vqa":
         choice = row.get("gt_choice")
         if choice not in ("yes", "no"):
@@ -139,7 +135,7 @@ def answer_text(row: dict[str, Any], style: str = "full") -> str:
 
 def target_text(row: dict[str, Any], style: str = "full") -> str:
     """`<think></think><answer>{answer}</answer>` (the eos token is appended by the collator)."""
-    return f"<think></think><answer>{answer_text(row, style)}</answer>"
+    return completion("", answer_text(row, style))
 
 
 # ---------------------------------------------------------------------------------------------------------------

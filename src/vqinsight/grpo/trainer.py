@@ -35,6 +35,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import prepare_multimodal_messages
 
+from vqinsight.answer_format import ANSWER_CLOSE, ANSWER_OPEN
 from vqinsight.grpo.reward_funcs import Correctness
 from vqinsight.models.vision_attention import batch_vision_attention
 from vqinsight.rewards import temporal_bonus
@@ -257,8 +258,8 @@ def repeat_fields(
     return out
 
 
-_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
-_ANSWER_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
+_ANSWER_OPEN = re.compile(re.escape(ANSWER_OPEN), re.IGNORECASE)
+_ANSWER_CLOSE = re.compile(re.escape(ANSWER_CLOSE), re.IGNORECASE)
 
 
 def answer_span_chars(text: str) -> tuple[int, int] | None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from ..answer_format import answer_prefix
 from ..batchdecode import Request, Score, first_block_end, rope_positions
-from .formats import answer_prefix
 
 
 def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -12,13 +12,14 @@ import json
 import re
 from typing import Any
 
+from ..answer_format import VIDEO_LABELS, VIDEO_NAMES
 from ..parsing import completion_text, extract_answer, parse_choice, parse_dimensions, parse_score
 from ..prompts import SYSTEM_PROMPT, build_messages
 
 # Verdict -> the answer strings that express it. Their probabilities are summed per verdict (the strings start with
 # different tokens, so the events are disjoint) and normalised over the two verdicts.
 CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
-    "comparison": {"A": ("Video A", "A"), "B": ("Video B", "B")},
+    "comparison": {"A": (VIDEO_NAMES["A"], "A"), "B": (VIDEO_NAMES["B"], "B")},
     "vqa": {"yes": ("yes", "Yes"), "no": ("no", "No")},
 }
 FORMATS = ("vqinsight", "release", "q_insight", "unifiedreward_think")
@@ -86,9 +87,9 @@ def messages(row: dict[str, Any], media: list, fmt: str, style: str, scale: tupl
     if fmt == "release":
         if task == "comparison":
             content = [
-                {"type": "text", "text": "Video A:"},
+                {"type": "text", "text": VIDEO_LABELS[0]},
                 {"type": "video", "video": media[0]},
-                {"type": "text", "text": "Video B:"},
+                {"type": "text", "text": VIDEO_LABELS[1]},
                 {"type": "video", "video": media[1]},
                 {"type": "text", "text": RELEASE_COMPARISON},
             ]
@@ -152,13 +153,3 @@ def released_prediction(task: str, completion: str) -> Any:
         return None if dims is None else {"spatial": dims["spatial"], "temporal": dims["temporal"],
                                           "consistency": dims["alignment"]}  # fmt: skip
     return None
-
-
-def answer_prefix(completion: str) -> str:
-    """The completion up to and including ``<answer>`` (appended if the judge never opened the tag)."""
-    i = completion.find("<answer>")
-    if i >= 0:
-        return completion[: i + len("<answer>")]
-    j = completion.find("</answer>")
-    head = completion[:j] if j >= 0 else completion
-    return head + "<answer>"

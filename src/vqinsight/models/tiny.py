@@ -27,6 +27,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from vqinsight.answer_format import TAGS
 from vqinsight.provenance import write_meta
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 # Qwen2-VL style; every message is rendered as given, so a system turn appears only when the caller supplies one.
 CHAT_TEMPLATE = (
