@@ -276,13 +276,17 @@ def choice_reward(
     return out
 
 
+#: The length reward's constants (Eq. 5 of the paper): gamma for a completion of l_min < length < l_max tokens.
+LENGTH_DEFAULTS: dict[str, Any] = {"gamma": 0.1, "l_min": 320, "l_max": 512}
+
+
 def length_reward(
     completions: Sequence[Any],
     completion_ids: Sequence[Sequence[int]] | None = None,
     correct: Sequence[Any] | None = None,
-    gamma: float = 0.1,
-    l_min: int = 320,
-    l_max: int = 512,
+    gamma: float = LENGTH_DEFAULTS["gamma"],
+    l_min: int = LENGTH_DEFAULTS["l_min"],
+    l_max: int = LENGTH_DEFAULTS["l_max"],
     inclusive: bool = False,
     require_multiple_correct: bool = False,
     **kwargs: Any,

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vqinsight.provenance import atomic_write_json, device_info, package_versions
+from vqinsight.rewards import LENGTH_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ REWARDS: dict[str, Any] = {
     "score": 1.0,
     "choice": 1.0,
     "score_variant": "l1",
-    "length": {"weight": 1.0, "gamma": 0.1, "l_min": 320, "l_max": 512, "inclusive": False},
+    "length": {"weight": 1.0, **LENGTH_DEFAULTS, "inclusive": False},
 }
 
 PHASES: dict[str, str] = {

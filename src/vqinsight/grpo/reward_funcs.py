@@ -22,6 +22,7 @@ from typing import Any
 
 from vqinsight.rewards import (
     CHOICE_TASKS,
+    LENGTH_DEFAULTS,
     OFFICIAL_CORRECT_REWARD,
     REWARD_FUNCS,
     SCORE_TASKS,
@@ -138,9 +139,9 @@ def length_if_correct(
     completions: Sequence[Any],
     completion_ids: Sequence[Sequence[int]] | None = None,
     task: Any = None,
-    gamma: float = 0.1,
-    l_min: int = 320,
-    l_max: int = 512,
+    gamma: float = LENGTH_DEFAULTS["gamma"],
+    l_min: int = LENGTH_DEFAULTS["l_min"],
+    l_max: int = LENGTH_DEFAULTS["l_max"],
     inclusive: bool = False,
     correctness: Correctness | None = None,
     require_multiple_correct: bool = False,
@@ -272,7 +273,7 @@ def _build_one(key: str, options: dict[str, Any], spec: Mapping[str, Any], share
         return NamedReward(key, REWARD_FUNCS[key], **options)
     if key != "length":
         return _accuracy_func(key, options, shared)
-    kwargs = {"gamma": 0.1, "l_min": 320, "l_max": 512, "score_tolerance": shared["score_tolerance"], **options}
+    kwargs = {**LENGTH_DEFAULTS, "score_tolerance": shared["score_tolerance"], **options}
     if kwargs.get("correct", "tolerance") == "reward":
         kwargs["accuracy"] = build_accuracy(spec)
     return make_length_reward(
