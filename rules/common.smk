@@ -296,7 +296,7 @@ EVAL = config["eval"]
 BENCHMARKS = {b: s for b, s in EVAL["benchmarks"].items() if s["dataset"] in DATASETS}
 BASELINES = EVAL.get("baselines", {})
 CLIP_TYPES = ("clipscore", "clip_iqa")
-EVAL_CODE = [str(SRC / f) for f in ("evaluate.py", "metrics.py", "judge.py", "parsing.py")]
+EVAL_CODE = [str(SRC / f) for f in ("evaluate.py", "metrics.py", "records.py", "parsing.py")]
 
 
 def _judged(task_models):
@@ -415,13 +415,27 @@ def judge_engine_args(j):
     return "".join(f" {a}" for a in args)
 
 
+JUDGE_SETTINGS = (
+    ("style", "--style"),
+    ("batch_size", "--batch-size"),
+    ("max_new_tokens", "--max-new-tokens"),
+    ("margin", "--margin"),
+    ("votes", "--votes"),
+    ("temperature", "--temperature"),
+)
+
+
+def judge_setting_args(j):
+    """The judge settings the config sets, as `python -m vqinsight.judge` arguments; an absent one keeps the
+    command's own default (its one home)."""
+    return "".join(f"{flag} {j[key]} " for key, flag in JUDGE_SETTINGS if key in j)
+
+
 def judge_args(wildcards, resources):
     """Judge settings shared by every judge job (prompt format, batch, margin, engine)."""
     j, sys_, b = EVAL["judge"], SYSTEMS[wildcards.system], BENCHMARKS[wildcards.benchmark]
     return (
-        f"--task {b['task']} --split {b['split']} --format {sys_['format']} --style {j.get('style', 'full')} "
-        f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
-        f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
+        f"--task {b['task']} --split {b['split']} --format {sys_['format']} {judge_setting_args(j)}"
         f"--seed {config['seed']}{judge_engine_args(j)}"
     )
 
