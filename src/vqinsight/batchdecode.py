@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +356,8 @@ class BatchDecoder:
         (T, at + T) bool ``mask`` says)."""
         t = h.shape[1]
         cos, sin = self._rope(pos3)
-        if mask is None:
-            cols = torch.arange(at + t, device=h.device)
-            mask = cols[None, :] <= (at + torch.arange(t, device=h.device))[:, None]  # (T, at + T)
+        if mask is None:  # every earlier slot, and causal within the chunk: flash attention's lower-right causal
+            mask = causal_lower_right(t, at + t)
         g = self.n_heads // self.n_kv
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
@@ -652,7 +652,8 @@ class BatchDecoder:
         s.n.zero_()
         self._store_key = None
         self.stats = {"prefix_prefills": 0, "prefix_hits": 0, "prefill_tokens": 0, "decode_steps": 0,
-                      "row_steps": 0, "admissions": 0, "scored": 0, "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
+                      "row_steps": 0, "admissions": 0, "scored": 0,
+                      "slots": s.tok.shape[0], "cache_len": total, "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
         # group members adjacent (first appearance of the key), so one prefix store slot suffices
         first_seen: dict[Any, int] = {}
         for i, r in enumerate(requests):

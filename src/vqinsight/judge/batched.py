@@ -15,6 +15,7 @@ one forward. Rows that re-tokenise differently earlier are scored by a prefill o
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -97,7 +98,9 @@ def generate(judge: Any, rows: list[dict[str, Any]], *, sample: bool, k: int, te
              strings: list[str] | None, limits: list[int] | None = None) -> list[list[int]]:  # fmt: skip
     """New tokens per row (k per row, adjacent, when sampling); greedy with ``strings``: the answer strings'
     log-likelihoods left in ``judge.batch_scores`` for ``candidate_totals``."""
+    t0 = time.perf_counter()
     reqs = row_requests(judge, rows, limits)
+    t_requests = time.perf_counter() - t0
     if sample:  # k copies of each prompt share it whole
         reqs = [Request(r.ids, r.positions, r.vision, r.ids.numel(), ("copy", i), r.max_new_tokens)
                 for i, r in enumerate(reqs) for _ in range(k)]  # fmt: skip
@@ -119,6 +122,7 @@ def generate(judge: Any, rows: list[dict[str, Any]], *, sample: bool, k: int, te
         score=hook if use_hook else None,
         reserve_tokens=judge.reserve_tokens if use_hook else 0,
     )
+    judge.batch.stats["requests_s"] = t_requests  # host time spent tokenising rows and computing positions
     judge.batch_scores = None
     if use_hook:
         totals = []
