@@ -82,9 +82,7 @@ S3_REFINE_DATASETS = S3["refine"].get("datasets", GRPO["stage2"]["task_models"][
 def s3_judge_args(wildcards=None):
     j = EVAL["judge"] | S3["judge"]
     return (
-        f"--task comparison --split all --format vqinsight --style {j.get('style', 'full')} "
-        f"--batch-size {j.get('batch_size', 8)} --max-new-tokens {j.get('max_new_tokens', 1024)} "
-        f"--margin {j.get('margin', 'prob')} --votes {j.get('votes', 8)} --temperature {j.get('temperature', 1.0)} "
+        f"--task comparison --split all --format vqinsight {judge_setting_args(j)}"
         f"--seed {config['seed']}{judge_engine_args(j)}"
     )
 

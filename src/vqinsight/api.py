@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .judge.engine import open_judge
+from .judge.engine import MAX_NEW_TOKENS, open_judge
 from .judge.formats import FORMATS
 from .parsing import completion_text, extract_think
 from .prompts import STYLES
@@ -234,7 +234,7 @@ class Judge:
         *,
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 8,
-        max_new_tokens: int = 256,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         engine: str = "static",
         reader: str = "decord",
         dtype: str = "auto",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .api import IMAGE_SUFFIXES, TASK_NAMES, VIDEO_SUFFIXES, Judge, MediaError, job_key
+from .judge.engine import MAX_NEW_TOKENS
 from .progress import progress
 
 log = logging.getLogger("vqinsight.cli")
@@ -74,7 +75,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", nargs=2, type=float, default=None, metavar=("LO", "HI"))
     g.add_argument("--cache-dir", type=Path, default=None, help="decoded frames (default ~/.cache/vqinsight/frames)")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     g.add_argument("--engine", choices=("static", "hf"), default="static", help="static: the fast engine")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument(

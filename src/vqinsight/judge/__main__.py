@@ -31,7 +31,7 @@ from ..provenance import write_meta
 from ..records import append_records, expand, read_done, select_rows, to_records
 from ..training import seed_everything
 from ..vllm_engine import VLLMJudgeEngine
-from .engine import ENGINES, open_judge
+from .engine import ENGINES, MAX_NEW_TOKENS, open_judge
 from .formats import FORMATS
 
 log = logging.getLogger("vqinsight.judge")
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--format", default="vqinsight", choices=FORMATS, help="prompt format of the judge")
     ap.add_argument("--style", default="full", choices=("full", "short"), help="vqinsight prompt style")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     ap.add_argument(
         "--engine",
         choices=ENGINES,

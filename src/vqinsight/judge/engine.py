@@ -48,6 +48,10 @@ from .formats import (
     released_prediction,
 )
 
+#: The judge's default cap on new tokens: the paper recipes' max_completion_length, so a judge trained by them can
+#: finish its reasoning and answer (the length reward pays for 320-512 tokens). The pipeline passes the config's
+#: eval.judge.max_new_tokens; this is the default of ``python -m vqinsight.judge``, ``vqinsight judge`` and the API.
+MAX_NEW_TOKENS = 1024
 ENGINES = ("batch", "static", "hf", "vllm")
 _PAD_TOKENS = {"image": "<|image_pad|>", "video": "<|video_pad|>"}
 _PAD_RE = re.compile(r"<\|(image|video)_pad\|>")
@@ -166,7 +170,7 @@ class Judge:
         fmt: str = "vqinsight",
         style: str = "full",
         scale: tuple[float, float] = (1.0, 5.0),
-        max_new_tokens: int = 256,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         engine: str = "hf",
         cache_items: int = 64,
         compile: bool | None = None,
@@ -562,7 +566,7 @@ def open_judge(
     fmt: str = "vqinsight",
     style: str = "full",
     scale: tuple[float, float] = (1.0, 5.0),
-    max_new_tokens: int = 256,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     engine: str = "static",
     cache_items: int = 64,
     compile: bool | None = None,
