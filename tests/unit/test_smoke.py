@@ -275,16 +275,16 @@ def test_run_links_checkpoint_dirs_elsewhere_and_prunes_them_after_success(tmp_p
 
 def test_plan_adds_the_model_writes_as_jobs_that_loaders_wait_for(tmp_path):
     dry = tmp_path / "dry.txt"
-    dry.write_text(
-        DRY.replace(
-            "input: data/a.txt, cfg.yaml", "input: data/a.txt, m/Qwen2.5-VL-3B-Instruct, m/T2V-Turbo-MS/unet_lora.pt"
-        )
-    )
+    # the judge's weights are a rule input (as the CLIP model is); the generator's only appear in the command
+    text = DRY.replace("input: data/a.txt, cfg.yaml", "input: data/a.txt, m/Qwen2.5-VL-3B-Instruct")
+    text = text.replace("python judge.py", "python judge.py --lora m/T2V-Turbo-MS/unet_lora.pt --x m/clip-vit-base")
+    dry.write_text(text)
     out = tmp_path / "plan.json"
     assert smoke.main(["plan", "--dry-run", str(dry), "--out", str(out), "--models-root", "m"]) == 0
     plan = json.loads(out.read_text())
-    train = next(j for j in plan["jobs"] if j["rule"] == "train")
-    assert train["needs"] == [-2, -1, 7]
+    jobs = {j["rule"]: j for j in plan["jobs"]}
+    assert jobs["train"]["needs"] == [-1, 7]
+    assert jobs["judge"]["needs"] == [-2, 3, 7]  # not -3: m/clip-vit-base is another path
     models = {j["jobid"]: j for j in plan["jobs"] if j["rule"] == "smoke_models"}
     assert models[-2]["output"] == ["m/text-to-video-ms-1.7b", "m/T2V-Turbo-MS/unet_lora.pt"]
     assert "--only t2v" in models[-2]["shell"] and models[-1]["gpu"] == 1

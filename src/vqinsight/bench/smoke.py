@@ -167,6 +167,17 @@ def model_jobs(root: str) -> list[dict[str, Any]]:
     return jobs  # fmt: skip
 
 
+def with_models(jobs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+    """``jobs`` plus the model jobs; a job whose command names a model path gets it as an input (the smoke config's
+    local model directories are not rule inputs, so Snakemake's dry run does not list them)."""
+    models = model_jobs(root)
+    for j in jobs:
+        for o in (o for m in models for o in m["output"]):
+            if o not in j["input"] and re.search(rf"(?<![\w/.-]){re.escape(o)}(?![\w.-])", j["shell"]):
+                j["input"].append(o)
+    return jobs + models
+
+
 def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS)) -> dict[str, Any]:
     """The judge, generator base + LoRA and CLIP checkpoints (random weights) under ``root``; existing ones kept."""
     import torch
@@ -305,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.cmd == "plan":
-        jobs = order(parse_dry_run(a.dry_run.read_text()) + (model_jobs(a.models_root) if a.models_root else []))
+        jobs = parse_dry_run(a.dry_run.read_text())
+        jobs = order(with_models(jobs, a.models_root) if a.models_root else jobs)
         atomic_write_json(a.out, {"config": a.config, "jobs": jobs, "schedule": schedule(jobs)})
         log.info("%d jobs (%d on a GPU) -> %s", len(jobs), sum(1 for j in jobs if j["gpu"]), a.out)
         return 0
