@@ -226,6 +226,12 @@ class _Slots:
     limit: torch.Tensor  # (B,) this row's max new tokens
     done: torch.Tensor  # (B,) bool
     out: torch.Tensor  # (B, W) produced tokens
+    pool_k: list[torch.Tensor]  # per layer (P, kv_heads, Lp, head_dim): shared prefixes
+    pool_v: list[torch.Tensor]
+    pcols: torch.Tensor  # (Lp,) 0..Lp-1
+    plen: torch.Tensor  # (P,) tokens of each prefix slot (0: none)
+    qmap: torch.Tensor  # (P * R,) row whose query fills entry (p, r) of the prefix attention
+    rowpos: torch.Tensor  # (B,) entry p * R + r of each row
     graph: Any = None
 
 
@@ -244,9 +250,17 @@ class BatchDecoder:
         length_bucket: int | None = None,
         timing: bool = False,
         refill: str = "continuous",
+        share_kv: bool = True,
+        prefix_slots: int | None = None,
+        rows_per_prefix: int = 16,
+        attention: str = "auto",
     ) -> None:
         if refill not in ("continuous", "wave"):
             raise ValueError(f"refill must be 'continuous' or 'wave', got {refill!r}")
+        if attention not in ("auto", "manual", "efficient"):
+            raise ValueError(f"attention must be 'auto', 'manual' or 'efficient', got {attention!r}")
+        if rows_per_prefix < 1 or (prefix_slots is not None and prefix_slots < 1):
+            raise ValueError("prefix_slots and rows_per_prefix must be >= 1")
         if max_batch < 1 or chunk_tokens < 1:
             raise ValueError(f"max_batch and chunk_tokens must be >= 1, got {max_batch}, {chunk_tokens}")
         self.model = model
@@ -279,11 +293,20 @@ class BatchDecoder:
         # "continuous": a finished row's slot takes the next request at the next check; "wave": slots are refilled
         # only once every row of the batch is done (fixed batching with early exit, for comparison)
         self.refill = refill
+        # share_kv: a shared prefix stays in a pool of prefix_slots slots and each row's cache holds only its own
+        # tokens; the decode step attends to both and merges them by their log-sum-exp (cascade attention). Off: the
+        # prefix is copied into every member's cache (same numbers up to float summation order, more KV to read).
+        self.share_kv = bool(share_kv)
+        self.prefix_slots = int(prefix_slots) if prefix_slots is not None else max(4, self.max_batch // 8)
+        self.rows_per_prefix = int(rows_per_prefix)
+        # attention with its log-sum-exp for the cascade: "efficient" = PyTorch's memory-efficient CUDA kernel
+        # (aten._scaled_dot_product_efficient_attention, checked against "manual" on first use), "manual" =
+        # matmul + float32 softmax; "auto": efficient on CUDA
+        self.attention = attention if attention != "auto" else ("efficient" if cuda else "manual")
+        self._attention_checked = self.attention == "manual"
         self.scores: list[torch.Tensor | None] = []  # per request of the last generate(): its Score's totals
         self._decode_fn = torch.compile(self._decode_logits) if compile else self._decode_logits
         self._slots: _Slots | None = None
-        self._store: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        self._store_key: Any = None
         self._sampling: dict[str, Any] = {}
         self.stats: dict[str, float] = {}
         log.info("batch decoder on %s (%s): %d slots, CUDA graph %s, compiled step %s", self.device,
@@ -329,8 +352,58 @@ class BatchDecoder:
         h = h + layer.self_attn.o_proj(o)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
+    def _attend_lse(self, q, k, v, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention with its log-sum-exp: (out float32 (N, KV, M, hd), lse float32 (N, KV, M)) of q (N, KV, M, hd)
+        over k, v (N, KV, S, hd) with additive bias (N, 1, 1, S); rows with every key masked give 0 and -inf."""
+        if self.attention == "efficient":
+            full = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            eff = torch.ops.aten._scaled_dot_product_efficient_attention
+            out, lse = eff(q, k, v, full, True, scale=self.scale)[:2]
+            out, lse = out.float(), lse[..., : q.shape[2]].float()
+        else:
+            sc = torch.matmul(q, k.transpose(-1, -2)).float() * self.scale + bias.float()
+            m = sc.amax(dim=-1, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            p = torch.exp(sc - m)
+            tot = p.sum(dim=-1, keepdim=True)
+            out = torch.matmul((p / tot.clamp(min=1e-30)).to(v.dtype), v).float()
+            lse = (m + tot.log()).squeeze(-1)
+        return torch.where(torch.isfinite(lse)[..., None], out, 0.0), lse
+
+    def _check_attention(self) -> None:
+        """Use the efficient kernel only if it runs here and agrees with the manual math on random inputs."""
+        self._attention_checked = True
+        g, d = self.n_heads // self.n_kv, self.head_dim
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        q, k, v = (torch.randn(3, self.n_kv, g if i == 0 else 512, d, generator=gen, device=self.device,
+                               dtype=self.dtype) for i in range(3))  # fmt: skip
+        lengths = torch.tensor([[300], [512], [0]], device=self.device)
+        keep = torch.arange(512, device=self.device)[None, :] < lengths
+        bias = torch.zeros(3, 512, device=self.device, dtype=self.dtype).masked_fill(~keep, float("-inf"))
+        bias = bias[:, None, None]
+        manual, self.attention = self.attention, "manual"
+        ref = self._attend_lse(q, k, v, bias)
+        self.attention = manual
+        try:
+            got = self._attend_lse(q, k, v, bias)
+            ok = torch.allclose(got[0], ref[0], atol=2e-2) and torch.allclose(got[1][:2], ref[1][:2], atol=2e-2)
+            ok = ok and bool(torch.isneginf(got[1][2]).all()) and bool((got[0][2] == 0).all())
+        except RuntimeError as e:  # kernel missing or refusing these shapes
+            log.warning("efficient attention with log-sum-exp unavailable (%s); using matmul attention", e)
+            ok = False
+        if not ok:
+            log.warning("efficient attention disagrees with the matmul reference; using matmul attention")
+            self.attention = "manual"
+
+    @staticmethod
+    def _merge(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+        """Softmax attention over the union of two key sets from each set's output and log-sum-exp."""
+        lse = torch.logaddexp(l1, l2)
+        return o1 * torch.exp(l1 - lse)[..., None] + o2 * torch.exp(l2 - lse)[..., None]
+
     def _decode_logits(self, s: _Slots) -> torch.Tensor:
-        """Logits (B, V) after each slot's s.tok at s.pos; its key/value written at cache slot s.n."""
+        """Logits (B, V) after each slot's s.tok at s.pos; its key/value written at own cache slot s.n (with the
+        pool: after the row's shared prefix, which the step attends to in the pool)."""
         b = s.tok.shape[0]
         h = self._embed(s.tok)[:, None, :]
         cos, sin = self._rope(s.pos.view(1, b, 1).expand(3, b, 1))
@@ -339,38 +412,63 @@ class BatchDecoder:
         bias = bias[:, None, None, :]
         idx = s.n.view(b, 1, 1, 1).expand(b, self.n_kv, 1, self.head_dim)
         g = self.n_heads // self.n_kv
+        cascade = self.share_kv
+        if cascade:
+            n_pool, rr = s.plen.shape[0], s.qmap.shape[0] // s.plen.shape[0]
+            pkeep = s.pcols[None, :] < s.plen[:, None]
+            pbias = torch.zeros(pkeep.shape, dtype=h.dtype, device=h.device).masked_fill(~pkeep, float("-inf"))
+            pbias = pbias[:, None, None, :]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
             s.k[i].scatter_(2, idx, k)
             s.v[i].scatter_(2, idx, v)
             qg = q.reshape(b, self.n_kv, g, self.head_dim)  # the query heads of one KV group as query rows
-            o = F.scaled_dot_product_attention(qg, s.k[i], s.v[i], attn_mask=bias, scale=self.scale)
+            if cascade:
+                oo, lo = self._attend_lse(qg, s.k[i], s.v[i], bias)
+                qp = qg.index_select(0, s.qmap).view(n_pool, rr, self.n_kv, g, self.head_dim)
+                qp = qp.transpose(1, 2).reshape(n_pool, self.n_kv, rr * g, self.head_dim)
+                op, lp = self._attend_lse(qp, s.pool_k[i], s.pool_v[i], pbias)
+                op = op.view(n_pool, self.n_kv, rr, g, self.head_dim).transpose(1, 2)
+                op = op.reshape(n_pool * rr, self.n_kv, g, self.head_dim).index_select(0, s.rowpos)
+                lp = lp.view(n_pool, self.n_kv, rr, g).transpose(1, 2).reshape(n_pool * rr, self.n_kv, g)
+                o = self._merge(oo, lo, op, lp.index_select(0, s.rowpos)).to(h.dtype)
+            else:
+                o = F.scaled_dot_product_attention(qg, s.k[i], s.v[i], attn_mask=bias, scale=self.scale)
             h = self._finish_layer(layer, h, o.reshape(b, 1, self.n_heads * self.head_dim))
         return self.model.lm_head(self.lm.norm(h))[:, 0].float()
 
-    def _prefill_chunk(
-        self, k_rows, v_rows, h: torch.Tensor, pos3: torch.Tensor, at: int, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _prefill_chunk(self, k_rows, v_rows, h: torch.Tensor, pos3: torch.Tensor, at: int,
+                       mask: torch.Tensor | None = None, prefix: tuple | None = None) -> torch.Tensor:  # fmt: skip
         """Hidden states (1, T, D) after the layers for chunk h (1, T, D) written at cache slots [at, at + T) of
         the one-row caches ``k_rows``/``v_rows``, attending to [0, at) and causally within the chunk (or as the
-        (T, at + T) bool ``mask`` says)."""
+        (T, at + T) bool ``mask`` says). ``prefix`` = (pool k, pool v, slot, length): keys the chunk also sees,
+        before its own."""
         t = h.shape[1]
         cos, sin = self._rope(pos3)
+        plen = prefix[3] if prefix is not None else 0
         if mask is None:  # every earlier slot, and causal within the chunk: flash attention's lower-right causal
-            mask = causal_lower_right(t, at + t)
+            mask = causal_lower_right(t, plen + at + t)
+        elif plen:
+            mask = torch.cat([torch.ones(t, plen, dtype=torch.bool, device=mask.device), mask], dim=1)
         g = self.n_heads // self.n_kv
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
             k_rows[i][:, :, at : at + t] = k
             v_rows[i][:, :, at : at + t] = v
-            kk = k_rows[i][:, :, : at + t].repeat_interleave(g, dim=1)
-            vv = v_rows[i][:, :, : at + t].repeat_interleave(g, dim=1)
+            kk, vv = k_rows[i][:, :, : at + t], v_rows[i][:, :, : at + t]
+            if plen:
+                pk, pv, slot = prefix[0][i], prefix[1][i], prefix[2]
+                kk = torch.cat([pk[slot : slot + 1, :, :plen], kk], dim=2)
+                vv = torch.cat([pv[slot : slot + 1, :, :plen], vv], dim=2)
+            kk, vv = kk.repeat_interleave(g, dim=1), vv.repeat_interleave(g, dim=1)
             o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=self.scale)
             h = self._finish_layer(layer, h, o.transpose(1, 2).reshape(1, t, self.n_heads * self.head_dim))
         return h
 
-    def _prefill(self, req: Request, k_rows, v_rows, start: int, stop: int) -> torch.Tensor:
-        """Prefill tokens [start, stop) of ``req`` into the one-row caches, chunk by chunk; last hidden (1, D)."""
+    def _prefill(self, req: Request, k_rows, v_rows, start: int, stop: int, offset: int = 0,
+                 prefix: tuple | None = None) -> torch.Tensor:  # fmt: skip
+        """Prefill tokens [start, stop) of ``req`` into the one-row caches (token j at cache slot j - offset),
+        chunk by chunk, after ``prefix`` (see _prefill_chunk); the last hidden state (1, D)."""
         h_last = None
         for a in range(start, stop, self.chunk_tokens):
             b = min(stop, a + self.chunk_tokens)
@@ -380,10 +478,11 @@ class BatchDecoder:
                 if lo < hi:
                     h[lo - a : hi - a] = feats[lo - first : hi - first].to(self.device, self.dtype)
             pos3 = req.positions[:, None, a:b].to(self.device)
-            h_last = self._prefill_chunk(k_rows, v_rows, h[None], pos3, a)[:, -1]
+            h_last = self._prefill_chunk(k_rows, v_rows, h[None], pos3, a - offset, prefix=prefix)[:, -1]
         return h_last
 
-    def _score_chunk(self, k_rows, v_rows, base: int, refeed: int, p0: torch.Tensor, spec: Score) -> torch.Tensor:
+    def _score_chunk(self, k_rows, v_rows, base: int, refeed: int, p0: torch.Tensor, spec: Score,
+                     prefix: tuple | None = None) -> torch.Tensor:  # fmt: skip
         """Summed log-probabilities (C,) of ``spec``'s continuations after the context in cache slots [0, base)
         followed by token ``refeed`` at position ``p0`` (3,), whose output was not kept. One forward: the refeed
         token, the continuations' common head, then each continuation's own tail as a branch that sees the context,
@@ -413,7 +512,7 @@ class BatchDecoder:
         del cols
         pos3 = (p0.view(3, 1) + rel.view(1, t))[:, None, :].to(dev)
         h = self._embed(torch.tensor(toks, device=dev))[None]
-        h = self._prefill_chunk(k_rows, v_rows, h, pos3, base, mask.to(dev))[0]
+        h = self._prefill_chunk(k_rows, v_rows, h, pos3, base, mask.to(dev), prefix)[0]
         totals = []
         for c, k, st in zip(conts, spec.scored, starts, strict=True):
             # chunk index of continuation token i: the head's at 1 + i, the branch's at st + (i - head)
@@ -490,19 +589,21 @@ class BatchDecoder:
     def _bucket(self, n: int) -> int:
         return -(-n // self.length_bucket) * self.length_bucket
 
-    def _buffers(self, b: int, total: int, width: int) -> _Slots:
+    def _buffers(self, b: int, total: int, width: int, n_pool: int, pool_len: int) -> _Slots:
         s = self._slots
-        if s is not None and s.tok.shape[0] == b and s.cols.shape[0] == total and s.out.shape[1] == width:
+        shape_now = (b, total, width, n_pool, pool_len)
+        if s is not None and (s.tok.shape[0], s.cols.shape[0], s.out.shape[1], s.plen.shape[0],
+                              s.pcols.shape[0]) == shape_now:  # fmt: skip
             return s
         self._slots = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         kw = {"device": self.device, "dtype": self.dtype}
-        shape = (b, self.n_kv, total, self.head_dim)
         z = {"device": self.device, "dtype": torch.long}
+        pshape = (n_pool, self.n_kv, pool_len, self.head_dim)
         self._slots = _Slots(
-            k=[torch.zeros(shape, **kw) for _ in self.layers],
-            v=[torch.zeros(shape, **kw) for _ in self.layers],
+            k=[torch.zeros(b, self.n_kv, total, self.head_dim, **kw) for _ in self.layers],
+            v=[torch.zeros(b, self.n_kv, total, self.head_dim, **kw) for _ in self.layers],
             cols=torch.arange(total, **z),
             tok=torch.zeros(b, **z),
             pos=torch.zeros(b, **z),
@@ -511,17 +612,14 @@ class BatchDecoder:
             limit=torch.ones(b, **z),
             done=torch.ones(b, dtype=torch.bool, device=self.device),
             out=torch.zeros(b, width, **z),
+            pool_k=[torch.zeros(pshape, **kw) for _ in self.layers],
+            pool_v=[torch.zeros(pshape, **kw) for _ in self.layers],
+            pcols=torch.arange(pool_len, **z),
+            plen=torch.zeros(n_pool, **z),
+            qmap=torch.zeros(n_pool * self.rows_per_prefix, **z),
+            rowpos=torch.zeros(b, **z),
         )
         return self._slots
-
-    def _prefix_store(self, length: int):
-        if self._store is None or self._store[0][0].shape[2] < length:
-            self._store, self._store_key = None, None
-            shape = (1, self.n_kv, self._bucket(length), self.head_dim)
-            kw = {"device": self.device, "dtype": self.dtype}
-            self._store = ([torch.zeros(shape, **kw) for _ in self.layers],
-                           [torch.zeros(shape, **kw) for _ in self.layers])  # fmt: skip
-        return self._store
 
     def _capture(self, s: _Slots) -> None:
         small = [s.tok, s.pos, s.n, s.cnt, s.limit, s.done, s.out]
@@ -540,41 +638,82 @@ class BatchDecoder:
         s.graph = graph
 
     # ------------------------------------------------------------------------------------------------ driver
-    def _admit(self, s: _Slots, slot: int, req: Request, limit: int) -> None:
-        """Prefill ``req`` into cache slot ``slot`` (its shared prefix from the store) and emit its first token."""
+    def _pool_slot(self, s: _Slots, req: Request) -> tuple[int, int] | None:
+        """(pool slot, row entry) holding ``req``'s prefix, prefilled or copied there if needed; None: no room."""
+        key = (req.share_key, req.share)
+        pool, rows_per = self._pool, self.rows_per_prefix
+        for p, st in enumerate(pool):
+            if st["key"] == key and len(st["rows"]) < rows_per:
+                if not (torch.equal(st["ids"], req.ids[: req.share])
+                        and torch.equal(st["pos"], req.positions[:, : req.share])):  # fmt: skip
+                    raise ValueError(
+                        f"requests of share key {req.share_key!r} differ in their first {req.share} tokens"
+                    )
+                self.stats["prefix_hits"] += 1
+                return p, min(set(range(rows_per)) - st["rows"])
+        free = [p for p, st in enumerate(pool) if not st["rows"] and self._waiting.get(st["key"], 0) == 0]
+        if not free:
+            return None
+        p = next((q for q in free if pool[q]["key"] is None), free[0])
+        full = next((q for q, st in enumerate(pool) if st["key"] == key), None)
+        if full is not None:  # every entry of the key's slot is taken: a second slot, copied
+            for i in range(len(self.layers)):
+                s.pool_k[i][p].copy_(s.pool_k[i][full])
+                s.pool_v[i][p].copy_(s.pool_v[i][full])
+            self.stats["prefix_hits"] += 1
+        else:
+            self._prefill(req, [k[p : p + 1] for k in s.pool_k], [v[p : p + 1] for v in s.pool_v], 0, req.share)
+            self.stats["prefix_prefills"] += 1
+            self.stats["prefill_tokens"] += req.share
+        pool[p] = {"key": key, "rows": set(), "ids": req.ids[: req.share].clone(),
+                   "pos": req.positions[:, : req.share].clone()}  # fmt: skip
+        s.plen[p] = req.share
+        return p, 0
+
+    def _admit(self, s: _Slots, slot: int, req: Request, limit: int) -> bool:
+        """Prefill ``req`` into cache slot ``slot`` (after its shared prefix) and emit its first token; False when
+        its prefix has no pool slot yet."""
         k_rows = [k[slot : slot + 1] for k in s.k]
         v_rows = [v[slot : slot + 1] for v in s.v]
-        start = 0
+        start, offset, prefix, entry = 0, 0, None, None
         if req.share:
-            sk, sv = self._prefix_store(req.share)
-            key = (req.share_key, req.share)
-            if self._store_key is None or self._store_key[0] != key:
-                self._prefill(req, sk, sv, 0, req.share)
-                self._store_key = (key, req.ids[: req.share].clone(), req.positions[:, : req.share].clone())
-                self.stats["prefix_prefills"] += 1
-                self.stats["prefill_tokens"] += req.share
-            elif not (torch.equal(self._store_key[1], req.ids[: req.share])
-                      and torch.equal(self._store_key[2], req.positions[:, : req.share])):  # fmt: skip
-                raise ValueError(f"requests of share key {req.share_key!r} differ in their first {req.share} tokens")
-            else:
-                self.stats["prefix_hits"] += 1
-            for i in range(len(self.layers)):
-                k_rows[i][:, :, : req.share].copy_(sk[i][:, :, : req.share])
-                v_rows[i][:, :, : req.share].copy_(sv[i][:, :, : req.share])
+            entry = self._pool_slot(s, req)
+            if entry is None:
+                return False
+            p, r = entry
+            self._pool[p]["rows"].add(r)
+            self._row_entry[slot] = entry
+            prefix = (s.pool_k, s.pool_v, p, req.share)
             start = req.share
+            if self.share_kv:
+                offset = req.share
+                s.qmap[p * self.rows_per_prefix + r] = slot
+                s.rowpos[slot] = p * self.rows_per_prefix + r
+            else:  # copied into the row's own cache
+                for i in range(len(self.layers)):
+                    k_rows[i][:, :, : req.share].copy_(s.pool_k[i][p : p + 1, :, : req.share])
+                    v_rows[i][:, :, : req.share].copy_(s.pool_v[i][p : p + 1, :, : req.share])
+                prefix = None
+        elif self.share_kv:
+            s.rowpos[slot] = self._empty_entry  # a prefix slot that stays empty: nothing to attend to there
         n = req.ids.numel()
-        h = self._prefill(req, k_rows, v_rows, start, n)
+        h = self._prefill(req, k_rows, v_rows, start, n, offset, prefix)
         self.stats["prefill_tokens"] += n - start
         logits = self.model.lm_head(self.lm.norm(h)).float()
         first = self._sample(logits)  # (1,)
-        last_pos = int(req.positions.max()) + 1
         s.tok[slot : slot + 1].copy_(first)
         s.out[slot, 0:1].copy_(first)
-        s.n[slot] = n
-        s.pos[slot] = last_pos
+        s.n[slot] = n - offset
+        s.pos[slot] = int(req.positions.max()) + 1
         s.cnt[slot] = 1
         s.limit[slot] = limit
         s.done[slot : slot + 1].copy_(self._finished(first, s.cnt[slot : slot + 1], s.limit[slot : slot + 1]))
+        return True
+
+    def _release(self, slot: int) -> None:
+        entry = self._row_entry.pop(slot, None)
+        if entry is not None:
+            self._pool[entry[0]]["rows"].discard(entry[1])
 
     def _score_finished(self, s: _Slots, slot: int, req: Request, r: int, new: list[int], spec: Score | None):
         """Score ``spec`` from slot ``slot``'s cache (prompt + new tokens) into self.scores[r], if it fits."""
@@ -582,8 +721,8 @@ class BatchDecoder:
             return
         if spec.kept > len(new):
             raise ValueError(f"request {r}: kept {spec.kept} > its {len(new)} new tokens")
-        n = req.ids.numel()
-        base = n + spec.kept - 1
+        own = req.share if (self.share_kv and req.share) else 0  # prompt tokens outside the row's own cache
+        base = req.ids.numel() - own + spec.kept - 1
         if base + spec.chunk_tokens() > s.cols.shape[0]:
             return
         if spec.kept == 0:
@@ -591,9 +730,12 @@ class BatchDecoder:
         else:
             refeed = new[spec.kept - 1]
             p0 = torch.full((3,), int(req.positions.max()) + spec.kept, dtype=torch.long)
+        prefix = None
+        if own:
+            prefix = (s.pool_k, s.pool_v, self._row_entry[slot][0], own)
         k_rows = [k[slot : slot + 1] for k in s.k]
         v_rows = [v[slot : slot + 1] for v in s.v]
-        self.scores[r] = self._score_chunk(k_rows, v_rows, base, refeed, p0, spec)
+        self.scores[r] = self._score_chunk(k_rows, v_rows, base, refeed, p0, spec, prefix)
         self.stats["scored"] += 1
 
     def _sync(self) -> float:
@@ -626,6 +768,8 @@ class BatchDecoder:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling")
+        if reserve_tokens < 0:
+            raise ValueError(f"reserve_tokens must be >= 0, got {reserve_tokens}")
         if not requests:
             return []
         if isinstance(eos_token_id, int):
@@ -635,14 +779,15 @@ class BatchDecoder:
         sampling = {"do_sample": do_sample, "temperature": float(temperature), "top_p": float(top_p),
                     "eos": eos, "suppress": suppress}  # fmt: skip
         limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
-        if reserve_tokens < 0:
-            raise ValueError(f"reserve_tokens must be >= 0, got {reserve_tokens}")
         # the buffers' shape depends on the call's cap, not on the rows' own caps, so calls with other per-row
         # limits reuse the buffers and the captured step
-        width = max_new_tokens
-        total = self._bucket(max(r.ids.numel() for r in requests) + max_new_tokens + reserve_tokens)
-        self.scores = [None] * len(requests)
-        s = self._buffers(min(self.max_batch, len(requests)), total, width)
+        own = [r.ids.numel() - (r.share if self.share_kv else 0) for r in requests]
+        total = self._bucket(max(own) + max_new_tokens + reserve_tokens)
+        pool_len = self._bucket(max([r.share for r in requests] + [1]))
+        n_pool = self.prefix_slots + (1 if self.share_kv else 0)  # + one that stays empty
+        s = self._buffers(min(self.max_batch, len(requests)), total, max_new_tokens, n_pool, pool_len)
+        if self.attention == "efficient" and not self._attention_checked:
+            self._check_attention()
         if sampling != self._sampling:
             s.graph = None  # the captured step bakes the sampling settings in
             self._sampling = sampling
@@ -650,15 +795,23 @@ class BatchDecoder:
             self._suppress_ids = torch.tensor(suppress, dtype=torch.long, device=self.device)
         s.done.fill_(True)
         s.n.zero_()
-        self._store_key = None
+        s.plen.zero_()
+        self._pool = [{"key": None, "rows": set()} for _ in range(self.prefix_slots)]
+        self._empty_entry = self.prefix_slots * self.rows_per_prefix  # entry 0 of the slot that stays empty
+        self._row_entry: dict[int, tuple[int, int]] = {}
+        self.scores = [None] * len(requests)
         self.stats = {"prefix_prefills": 0, "prefix_hits": 0, "prefill_tokens": 0, "decode_steps": 0,
-                      "row_steps": 0, "admissions": 0, "scored": 0,
-                      "slots": s.tok.shape[0], "cache_len": total, "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
-        # group members adjacent (first appearance of the key), so one prefix store slot suffices
+                      "row_steps": 0, "admissions": 0, "scored": 0, "slots": s.tok.shape[0], "cache_len": total,
+                      "pool_slots": self.prefix_slots if self.share_kv else 0, "pool_len": pool_len,
+                      "share_kv": self.share_kv, "attention": self.attention,
+                      "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
+        # group members adjacent (first appearance of the key), so few prefixes are alive at a time
         first_seen: dict[Any, int] = {}
+        self._waiting: dict[Any, int] = {}
         for i, r in enumerate(requests):
             if r.share:
                 first_seen.setdefault((r.share_key, r.share), i)
+                self._waiting[(r.share_key, r.share)] = self._waiting.get((r.share_key, r.share), 0) + 1
         order = sorted(range(len(requests)),
                        key=lambda i: (first_seen.get((requests[i].share_key, requests[i].share), i), i))  # fmt: skip
         pending = deque(order)
@@ -667,18 +820,25 @@ class BatchDecoder:
         live = 0
         while pending or live:
             t0 = self._sync() if self.timing else 0.0
-            refill = self.refill == "continuous" or live == 0
-            for slot in range(len(owner)):
-                if refill and owner[slot] < 0 and pending:
-                    r = pending.popleft()
-                    self._admit(s, slot, requests[r], limits[r])
+            if self.refill == "continuous" or live == 0:
+                for slot in range(len(owner)):
+                    if owner[slot] >= 0 or not pending:
+                        continue
+                    r = pending[0]
+                    if not self._admit(s, slot, requests[r], limits[r]):
+                        break  # its prefix waits for a pool slot: rows of other prefixes must finish first
+                    pending.popleft()
+                    if requests[r].share:
+                        self._waiting[(requests[r].share_key, requests[r].share)] -= 1
                     owner[slot] = r
                     live += 1
                     self.stats["admissions"] += 1
+            if live == 0 and pending:
+                raise RuntimeError("no request could be admitted: prefix_slots too small")
             if self.timing:
                 t1 = self._sync()
                 self.stats["prefill_s"] += t1 - t0
-            if self.use_cuda_graph and s.graph is None and width > 1:
+            if self.use_cuda_graph and s.graph is None and max_new_tokens > 1:
                 self._capture(s)
             done = s.done.cpu()
             steps = 0
@@ -701,6 +861,7 @@ class BatchDecoder:
                     results[r] = outs[j, : int(cnts[j])].tolist()
                     if score is not None:
                         self._score_finished(s, slot, requests[r], r, results[r], score(r, results[r]))
+                    self._release(slot)
                     owner[slot] = -1
                     live -= 1
             if self.timing:

@@ -240,3 +240,40 @@ def test_wave_refill_waits_for_the_whole_batch(loaded):
     a, b = cont.generate(reqs, 20), wave.generate(reqs, 20)
     assert a == b
     assert cont.stats["decode_steps"] < wave.stats["decode_steps"]
+
+
+@pytest.mark.parametrize(("share_kv", "slots", "per"), [(False, 4, 16), (True, 1, 1), (True, 2, 2)])
+def test_prefix_pool_sizes_and_copy_mode_change_no_token(loaded, share_kv, slots, per):
+    """The prefix copied into each row (share_kv off), or a pool too small for every group at once (rows wait
+    for a slot; a full slot is copied to a second one): the same tokens as without sharing."""
+    model, processor = loaded
+    rows, keys = _pairs(3)
+    enc = _encode(processor, rows)
+    plain = BatchDecoder(model, max_batch=3).generate(requests_from_batch(model, enc), 10)
+    dec = BatchDecoder(model, max_batch=3, share_kv=share_kv, prefix_slots=slots, rows_per_prefix=per)
+    assert dec.generate(requests_from_batch(model, enc, keys=keys), 10) == plain
+    assert dec.stats["admissions"] == 6
+    if per == 1:
+        assert dec.stats["prefix_prefills"] == 3, "one prefill per first video, even through one slot"
+
+
+def test_manual_attention_with_lse_merges_to_full_softmax():
+    """The cascade's two-part attention (own keys + pool keys, merged by log-sum-exp) equals one softmax over
+    both; a part with every key masked contributes nothing."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 8)
+    keep = torch.ones(2, 11, dtype=torch.bool)
+    keep[0, 9:] = False
+    keep[1, :4] = False  # row 1: its first part entirely masked
+    bias = torch.zeros(2, 11).masked_fill(~keep, float("-inf"))[:, None, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=8**-0.5)
+
+    class Probe(BatchDecoder):
+        def __init__(self):  # only what _attend_lse needs
+            self.attention, self.scale = "manual", 8**-0.5
+
+    pr = Probe()
+    o1, l1 = pr._attend_lse(q, k[:, :, :4], v[:, :, :4], bias[..., :4])
+    o2, l2 = pr._attend_lse(q, k[:, :, 4:], v[:, :, 4:], bias[..., 4:])
+    assert torch.isneginf(l1[1]).all() and (o1[1] == 0).all()
+    torch.testing.assert_close(BatchDecoder._merge(o1, l1, o2, l2), ref, rtol=1e-5, atol=1e-5)
