@@ -24,9 +24,11 @@ from vqinsight.provenance import atomic_write_json, device_info, package_version
 log = logging.getLogger("vqinsight.bench.smoke")
 GIB = 2**30
 #: log lines that tell which fast paths a job took (StaticDecoder's settings line, the judge's margin line, a failed
-#: compile falling back to eager, resuming from a checkpoint)
+#: compile falling back to eager, resuming from a checkpoint; the batch engine's settings and attention fallback)
 EVIDENCE = re.compile(
-    r"static decoder|margins:|torch\.compile of the decode step failed|resum|out of memory|Traceback", re.IGNORECASE
+    r"static decoder|batch decoder|margins:|torch\.compile of the decode step failed|efficient attention|resum|"
+    r"out of memory|Traceback",
+    re.IGNORECASE,
 )
 
 

@@ -273,7 +273,9 @@ def markdown(rep: dict[str, Any]) -> str:
             continue
         wc = ",".join(f"{v}" for v in j["wildcards"].values())
         ev = "; ".join(
-            e.split(": ", 1)[-1][:120] for e in j.get("evidence", []) if "static decoder" in e or "margins" in e
+            e.split(": ", 1)[-1][:120]
+            for e in j.get("evidence", [])
+            if re.search("static decoder|batch decoder|margins", e)
         )
         if j.get("killed_run"):
             k = j["killed_run"]
