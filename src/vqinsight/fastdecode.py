@@ -49,7 +49,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
-def _top_p_sort(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_sort(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """``logits`` (B, V) with every token outside the top-p nucleus set to -inf: transformers' rule (sort, cumsum)."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
@@ -59,7 +59,7 @@ def _top_p_sort(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
 
 
-def _top_p_bisect(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_bisect(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """``logits`` (B, V) float32 with every token outside the top-p nucleus set to -inf, without a sort.
 
     The nucleus of the sorted rule (keep the most probable tokens until their mass reaches top_p) is the set of
@@ -188,10 +188,10 @@ class StaticDecoder:
         # not recompile. If compiling fails (no triton,
         # no C compiler), the step runs eagerly.
         self._forward_fn = self._forward
-        self._top_p_fn = _top_p_bisect
+        self._top_p_fn = top_p_bisect
         if self.compiled:
             self._forward_fn = self._fallback(torch.compile(self._forward), "_forward_fn", self._forward)
-            self._top_p_fn = self._fallback(torch.compile(_top_p_bisect), "_top_p_fn", _top_p_bisect)
+            self._top_p_fn = self._fallback(torch.compile(top_p_bisect), "_top_p_fn", top_p_bisect)
         log.info(
             "static decoder on %s (%s): CUDA graph %s, compiled step %s, sdpa %s, fused weights %s, top-p %s",
             self.device, str(self.dtype).removeprefix("torch."), self.use_cuda_graph, self.compiled, self.sdpa,
@@ -288,7 +288,7 @@ class StaticDecoder:
             return logits.argmax(dim=-1)
         logits = logits / cfg["temperature"]
         if cfg["top_p"] < 1.0:
-            logits = (self._top_p_fn if self.bisect_top_p else _top_p_sort)(logits, cfg["top_p"])
+            logits = (self._top_p_fn if self.bisect_top_p else top_p_sort)(logits, cfg["top_p"])
         u = torch.rand_like(logits).clamp_(min=1e-20, max=1.0 - 1e-7)
         return (logits - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max = a draw from softmax(logits)
 

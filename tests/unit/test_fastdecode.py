@@ -200,7 +200,7 @@ def _sorted_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999])
 def test_top_p_bisection_keeps_the_sorted_nucleus(top_p):
-    from vqinsight.fastdecode import _top_p_bisect
+    from vqinsight.fastdecode import top_p_bisect
 
     g = torch.Generator().manual_seed(int(top_p * 1000))
     rows = [
@@ -210,7 +210,7 @@ def test_top_p_bisection_keeps_the_sorted_nucleus(top_p):
         torch.cat([torch.full((5,), 4.0), torch.randn(295, generator=g)]),  # a tie group at the top
     ]
     logits = torch.stack(rows).float()
-    out = _top_p_bisect(logits, top_p)
+    out = top_p_bisect(logits, top_p)
     kept = torch.isfinite(out)
     assert torch.equal(out[kept], logits[kept]), "kept logits are unchanged"
     ref = _sorted_nucleus(logits, top_p)
@@ -281,7 +281,7 @@ def test_a_failing_compile_falls_back_to_the_eager_step(loaded, monkeypatch, cap
     with caplog.at_level("WARNING", logger="vqinsight.fastdecode"):
         torch.manual_seed(0)
         out = dec.generate(enc, 12, temperature=1.0, top_p=0.9)
-    assert not dec.compiled and sorted(set(calls)) == ["_forward", "_top_p_bisect"]
+    assert not dec.compiled and sorted(set(calls)) == ["_forward", "top_p_bisect"]
     assert "running it eagerly" in caplog.text
     torch.manual_seed(0)
     assert torch.equal(out, StaticDecoder(model, top_p_method="bisect").generate(enc, 12, temperature=1.0, top_p=0.9))

@@ -94,9 +94,9 @@ def _embeds(out: Any) -> torch.Tensor:
 
 
 def _is_local(name_or_path: str) -> bool:
-    from ..models.load import _looks_local
+    from ..models.load import looks_local
 
-    return Path(name_or_path).expanduser().exists() or _looks_local(name_or_path)
+    return Path(name_or_path).expanduser().exists() or looks_local(name_or_path)
 
 
 def check_model(name_or_path: str) -> None:
@@ -110,9 +110,9 @@ def check_model(name_or_path: str) -> None:
             f"`python -m vqinsight.models.tiny_clip --out {name_or_path}`; for the paper download the weights, e.g. "
             f"`huggingface-cli download openai/clip-vit-base-patch16 --local-dir {name_or_path}`."
         )
-    from ..models.load import _check_local_dir
+    from ..models.load import check_local_dir
 
-    _check_local_dir(path)
+    check_local_dir(path)
 
 
 def load_clip(name_or_path: str, device: str | torch.device = "cpu") -> tuple[TensorFeaturesCLIP, Any]:

@@ -153,13 +153,13 @@ def top_p_timing(batch: int, vocab: int, device, top_p: float = 0.95, reps: int 
 
     import torch
 
-    from vqinsight.fastdecode import _top_p_bisect, _top_p_sort
+    from vqinsight.fastdecode import top_p_bisect, top_p_sort
 
     g = torch.Generator(device=device).manual_seed(0)
     logits = (torch.randn(batch, vocab, generator=g, device=device) * 2.0).float()
-    fns = {"sort": _top_p_sort, "bisect": _top_p_bisect}
+    fns = {"sort": top_p_sort, "bisect": top_p_bisect}
     if device.type == "cuda":
-        fns["bisect_compiled"] = torch.compile(_top_p_bisect)
+        fns["bisect_compiled"] = torch.compile(top_p_bisect)
     out: dict[str, Any] = {"batch": batch, "vocab": vocab, "top_p": top_p}
     kept = {}
     for name, fn in fns.items():

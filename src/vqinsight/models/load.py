@@ -23,7 +23,7 @@ LOCAL_PREFIXES = ("/", ".", "~", "results/", "resources/")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
-def _looks_local(name_or_path: str) -> bool:
+def looks_local(name_or_path: str) -> bool:
     """True for strings that can only be a filesystem path (a hub id has the form `org/name`)."""
     return (
         name_or_path.startswith(LOCAL_PREFIXES)
@@ -41,7 +41,7 @@ def _missing_dir_error(name_or_path: str) -> FileNotFoundError:
     )
 
 
-def _check_local_dir(path: Path) -> None:
+def check_local_dir(path: Path) -> None:
     """Raise a clear error for a local model directory that is unusable (not a dir, or no safetensors weights)."""
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: expected a model directory (config.json + *.safetensors), found a file")
@@ -90,7 +90,7 @@ def load_processor(
     from transformers import AutoProcessor
 
     path = Path(str(name_or_path)).expanduser()
-    if not path.exists() and _looks_local(str(name_or_path)):
+    if not path.exists() and looks_local(str(name_or_path)):
         raise _missing_dir_error(str(name_or_path))
     try:
         processor = AutoProcessor.from_pretrained(str(path) if path.exists() else str(name_or_path),
@@ -139,10 +139,10 @@ def load_model_and_processor(
     torch_dtype = _resolve_dtype(dtype)
     path = Path(name_or_path).expanduser()
     is_local = path.exists()
-    if not is_local and _looks_local(name_or_path):
+    if not is_local and looks_local(name_or_path):
         raise _missing_dir_error(name_or_path)
     if is_local:
-        _check_local_dir(path)
+        check_local_dir(path)
         source = str(path)
     else:
         source = name_or_path
