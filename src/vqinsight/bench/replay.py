@@ -36,9 +36,9 @@ EVIDENCE = re.compile(
 #: a job's expected peak GPU memory (GiB) for packing jobs onto one GPU; conservative, from docs/PERFORMANCE.md's
 #: measurements (3B GRPO step 43.5 GiB at 512 tokens, judging ~15 GiB at batch 8, T2V sampling 6 GiB, DPO 24 GiB).
 #: A GPU rule not listed here runs alone. The report holds the measured peaks.
-GPU_GIB = {"grpo_stage1": 62, "grpo_stage2": 62, "stage3_refine_judge": 62, "sft_baseline": 62, "dpo_train": 40,
-           "judge_predict": 20, "stage3_judge": 20, "stage3_winrate_judge": 20, "t2v_sample": 12, "clip_predict": 6,
-           "smoke_models": 16}  # fmt: skip
+GPU_GIB = {"grpo_stage1": 56, "grpo_stage2": 56, "stage3_refine_judge": 56, "sft_baseline": 48, "dpo_train": 36,
+           "judge_predict": 18, "stage3_judge": 18, "stage3_winrate_judge": 18, "t2v_sample": 10, "clip_predict": 4,
+           "smoke_models": 12}  # fmt: skip
 CKPT_ARG = re.compile(r"--checkpoint-dir (\S+)")
 
 
@@ -60,6 +60,10 @@ class GpuMemory:
             self._nv = None
         self._t = threading.Thread(target=self._poll, daemon=True)
         self._t.start()
+
+    def free_gib(self) -> float:
+        """The device's free memory now (inf without NVML)."""
+        return self._nv.nvmlDeviceGetMemoryInfo(self._h).free / GIB if self._nv is not None else float("inf")
 
     def watch(self, sid: int, rec: dict[str, Any]) -> None:
         if self._nv is not None:
@@ -236,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                 finished[jid], changed = False, True
             elif len(running) < args.max_jobs:
                 need = GPU_GIB.get(job["rule"], budget) if job["gpu"] else 0
-                if job["gpu"] and running and (gpu_held or gpu_used + need > budget):
+                if job["gpu"] and running and (gpu_held or gpu_used + need > budget or need > mem.free_gib() - 1):
                     gpu_held = True
                     continue
                 kill = args.kill_glob if (args.kill == job["rule"] and not killed_once) else None
