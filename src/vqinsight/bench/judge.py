@@ -124,7 +124,7 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
     from vqinsight import records
     from vqinsight.answer_format import answer_prefix
     from vqinsight.batchdecode import BatchDecoder
-    from vqinsight.bench.grpo_step import build_model, count_params
+    from vqinsight.bench.archs import build_model, count_params
     from vqinsight.judge import batched, engine, formats
     from vqinsight.models.tiny import build_processor, build_tokenizer
 
@@ -207,6 +207,24 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
                 out["same_tokens"] = got["continuous"] == got["wave"]
                 out["lengths_as_forced"] = [len(x) for x in got["continuous"]] == limits
                 res["mixed"] = out
+                atomic_write_json(a.out, res)
+            for var in [v for v in a.variants.split(",") if v]:
+                size, _, mode = var.partition(":")
+                if mode not in ("", "copy"):
+                    raise ValueError(f"variant {var!r}: SLOTS or SLOTS:copy")
+                free(jb)
+                dec = jb.batch
+                dec.max_batch, dec.prefix_slots, dec.share_kv = int(size), max(4, int(size) // 8), mode != "copy"
+                reset_peak(device)
+                _, t = timed(lambda: jb.generate(rows), device)
+                res.setdefault("batch_variants", {})[var] = {
+                    "generate_s": t, "judgments_per_s": n / (t_vis + t), "stats": dict(dec.stats),
+                    "peak_GiB": peak_gib(device),
+                    "agreement_with_batch": agreement(tokens["batch"], dict(zip(keys, jb.last_tokens, strict=True)))
+                    if "batch" in tokens else None,
+                }  # fmt: skip
+                res["batch_variants"][var].get("agreement_with_batch", {}).pop("diverged", None)
+                log.info("batch engine, variant %s: %.2f judgments/s", var, n / (t_vis + t))
                 atomic_write_json(a.out, res)
             free(jb)
 
@@ -296,14 +314,15 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
 
 def floor(res: dict[str, Any], params: dict[str, int], model: Any) -> dict[str, Any]:
     """Time per judgment if the prefill ran at the measured matmul rate (2 FLOP per language-model parameter and
-    prefilled token) and each decode step read the language model's weights and every slot's whole KV cache once at
-    the measured copy rate; token and step counts are this run's (vision excluded)."""
+    prefilled token) and each decode step read the language model's weights, every slot's whole own cache and the
+    prefix pool once at the measured copy rate; token and step counts are this run's (vision excluded)."""
     st, n = res["batch"]["stats"], res["shape"]["judgments"]
     cfg = model.model.language_model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     prefill_s = 2 * params["language"] * st["prefill_tokens"] / n / (res["ceilings"]["matmul"]["tflops"] * 1e12)
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2  # K and V, bf16
-    step_bytes = 2 * params["language"] + kv_per_token * st["cache_len"] * st["slots"]
+    kv_tokens = st["cache_len"] * st["slots"] + st["pool_len"] * (st["pool_slots"] + 1 if st["share_kv"] else 0)
+    step_bytes = 2 * params["language"] + kv_per_token * kv_tokens
     decode_s = step_bytes * st["decode_steps"] / n / (res["ceilings"]["copy_GBps"] * 1e9)
     return {"prefill_s_per_judgment": prefill_s, "decode_s_per_judgment": decode_s, "decode_step_GB": step_bytes / 1e9,
             "judgments_per_s": 1 / (prefill_s + decode_s)}  # fmt: skip
@@ -327,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", action=argparse.BooleanOptionalAction, default=True,
                     help="batch engine: also time generation with the answer margin")  # fmt: skip
     ap.add_argument("--phases", default="batch,mixed,static,generate,naive")
+    ap.add_argument("--variants", default="",
+                    help="batch engine again with other slot counts, e.g. '270,135:copy' (copy: the shared prefix "
+                    "copied into every row instead of the pool)")  # fmt: skip
     a = ap.parse_args(argv)
     if a.videos < 2 or a.naive < 0 or a.batch < 1 or not 1 <= a.min_tokens <= a.new_tokens:
         ap.error("--videos must be >= 2, --naive >= 0, --batch >= 1, 1 <= --min-tokens <= --new-tokens")

@@ -40,34 +40,51 @@ def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:
     return out
 
 
+def _tokenise(judge: Any, tok: Any, end_id: int, text: str, entries: list[Any], row: dict[str, Any]):
+    """(ids, M-RoPE positions (3, L), first token of each media block, shared length, its tokens as bytes)."""
+    from .engine import mm_token_types
+
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    types = mm_token_types(tok, ids[None])[0]
+    runs = _runs(types)
+    if len(runs) != len(entries):
+        raise ValueError(f"{row.get('sample_id')}: {len(runs)} media blocks in the prompt, {len(entries)} media")
+    grids: dict[str, list[Any]] = {"image": [], "video": []}
+    for (a, b, t), e in zip(runs, entries, strict=True):
+        if b - a != e.n_tokens or (t == 2) != (e.kind == "video"):
+            raise ValueError(f"{row.get('sample_id')}: prompt placeholders do not match the row's media")
+        grids[e.kind].append(e)
+    kw: dict[str, Any] = {}
+    for kind in ("image", "video"):
+        kw[f"{kind}_grid_thw"] = torch.cat([e.grid for e in grids[kind]]) if grids[kind] else None
+    if grids["video"] and all(e.second_per_grid is not None for e in grids["video"]):
+        kw["second_per_grid_ts"] = torch.tensor([e.second_per_grid for e in grids["video"]])
+    pos = rope_positions(judge.model, ids[None], types[None], **kw)[:, 0]
+    share = first_block_end(ids, end_id) if entries else 0
+    return ids, pos, [a for a, _, _ in runs], share, ids[:share].numpy().tobytes()
+
+
 def row_requests(judge: Any, rows: list[dict[str, Any]], limits: list[int] | None = None) -> list[Request]:
     """One request per row (``limits[i]``: row i's own max new tokens), shared prefixes keyed by first media item."""
-    from .engine import mm_token_types
 
     tok = judge.processor.tokenizer
     end_id = tok.convert_tokens_to_ids("<|vision_end|>")
+    # rows of one prompt differ only in which media fill the placeholders: their tokens and positions are the same
+    # when the media have the same token counts and grids, so each (text, media shapes) is tokenised once
+    cache = judge.__dict__.setdefault("_request_cache", {})
     out = []
     for i, row in enumerate(rows):
         text, entries = judge.expand_prompt(row)
-        ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        types = mm_token_types(tok, ids[None])[0]
-        runs = _runs(types)
-        if len(runs) != len(entries):
-            raise ValueError(f"{row.get('sample_id')}: {len(runs)} media blocks in the prompt, {len(entries)} media")
-        vision, grids = [], {"image": [], "video": []}
-        for (a, b, t), e in zip(runs, entries, strict=True):
-            if b - a != e.n_tokens or (t == 2) != (e.kind == "video"):
-                raise ValueError(f"{row.get('sample_id')}: prompt placeholders do not match the row's media")
-            vision.append((a, e.features))
-            grids[e.kind].append(e)
-        kw: dict[str, Any] = {}
-        for kind in ("image", "video"):
-            kw[f"{kind}_grid_thw"] = torch.cat([e.grid for e in grids[kind]]) if grids[kind] else None
-        if grids["video"] and all(e.second_per_grid is not None for e in grids["video"]):
-            kw["second_per_grid_ts"] = torch.tensor([e.second_per_grid for e in grids["video"]])
-        pos = rope_positions(judge.model, ids[None], types[None], **kw)[:, 0]
-        share = first_block_end(ids, end_id) if entries else 0
-        key = (row["media"][0], row["media_type"], ids[:share].numpy().tobytes()) if share else None
+        shapes = tuple((e.kind, e.n_tokens, tuple(e.grid.reshape(-1).tolist()), e.second_per_grid) for e in entries)
+        got = cache.get((text, shapes))
+        if got is None:
+            got = _tokenise(judge, tok, end_id, text, entries, row)
+            if len(cache) >= 1024:
+                cache.clear()
+            cache[(text, shapes)] = got
+        ids, pos, starts, share, head = got
+        vision = [(a, e.features) for a, e in zip(starts, entries, strict=True)]
+        key = (row["media"][0], row["media_type"], head) if share else None
         out.append(Request(ids, pos, vision, share, key, limits[i] if limits else None))
     return out
 
