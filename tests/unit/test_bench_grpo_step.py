@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vqinsight.bench import __main__ as bench_cli
-from vqinsight.bench import grpo_step
+from vqinsight.bench import archs, grpo_step
 
 TINY = [
     "--size",
@@ -97,7 +97,7 @@ def test_oom_is_recorded_and_exits_zero(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_7b_config_parameter_count() -> None:
-    config = grpo_step.build_7b_config()
+    config = archs.build_7b_config()
     tc, vc = config.text_config, config.vision_config
     assert (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads) == (3584, 28, 28, 4)
     assert (tc.intermediate_size, tc.vocab_size, tc.max_position_embeddings) == (18944, 152064, 128000)
@@ -111,14 +111,14 @@ def test_7b_config_parameter_count() -> None:
         3584,
     )
     assert list(vc.fullatt_block_indexes) == [7, 15, 23, 31] and vc.window_size == 112
-    counts = grpo_step.count_params(config)
+    counts = archs.count_params(config)
     assert 8.2e9 < counts["total"] < 8.4e9
     assert counts["total"] == counts["vision"] + counts["language"]
     # the bench's own 7B build path, on the meta device (no memory)
     from vqinsight.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
-    model = grpo_step.build_model("7b", tok, torch.device("meta"), torch.bfloat16, seed=0)
+    model = archs.build_model("7b", tok, torch.device("meta"), torch.bfloat16, seed=0)
     assert sum(p.numel() for p in model.parameters()) == counts["total"]
     assert model.config.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
     assert model.config._attn_implementation == "sdpa"
@@ -135,7 +135,7 @@ def test_default_frame_geometry_and_prompt_tokens() -> None:
     tok = build_tokenizer()
     processor = build_processor(tok, video_min_pixels=100352, video_max_pixels=100352)
     stats = grpo_step.prompt_stats(
-        processor, grpo_step.make_prompt("comparison", 16, 224, 448), grpo_step.special_ids(tok)
+        processor, grpo_step.make_prompt("comparison", 16, 224, 448), archs.special_ids(tok)
     )
     assert stats["video_grid_thw"] == [[8, 16, 32], [8, 16, 32]]
     assert stats["video_tokens"] == 2 * 8 * 16 * 32 // 4 == 2048
@@ -175,5 +175,5 @@ def test_static_engine_without_merging_times_the_shuffled_call(tmp_path: Path) -
 
 
 def test_3b_config_parameter_count() -> None:
-    counts = grpo_step.count_params(grpo_step.build_7b_config(size="3b"))
+    counts = archs.count_params(archs.build_7b_config(size="3b"))
     assert 3.7e9 < counts["total"] < 3.8e9  # Qwen2.5-VL-3B-Instruct: 3.75 B with tied embeddings

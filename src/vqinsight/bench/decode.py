@@ -110,7 +110,7 @@ def load_model(size: str):
     """(random-weight model, device); eos off, so every row runs to the end as in the baseline."""
     import torch
 
-    from vqinsight.bench.grpo_step import build_model
+    from vqinsight.bench.archs import build_model
     from vqinsight.models.tiny import build_tokenizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

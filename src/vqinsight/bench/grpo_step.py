@@ -32,64 +32,26 @@ from typing import Any
 
 import numpy as np
 
+from vqinsight.bench.archs import (
+    ARCHS,
+    MERGE,
+    PATCH,
+    TEMPORAL_PATCH,
+    TEXT_7B,
+    VISION_7B,
+    build_7b_config,
+    build_model,
+    count_params,
+    special_ids,
+)
 from vqinsight.provenance import atomic_write_json, device_info, package_versions
 from vqinsight.rewards import LENGTH_DEFAULTS
 
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-PATCH, MERGE, TEMPORAL_PATCH = 14, 2, 2
 UNIT = PATCH * MERGE  # 28: frame sides are kept multiples of this so the processor does not resize
 
-#: Qwen2.5-VL-7B-Instruct (config.json of the Hub checkpoint); text defaults of transformers 5.x are the 72B ones,
-#: and the vision default hidden_size (3584) is not the 7B value (1280), so every number is set explicitly.
-TEXT_7B: dict[str, Any] = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "hidden_act": "silu",
-    "max_position_embeddings": 128000,
-    "rms_norm_eps": 1e-6,
-    "use_sliding_window": False,
-    "sliding_window": 32768,
-    "max_window_layers": 28,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-}
-VISION_7B: dict[str, Any] = {
-    "depth": 32,
-    "hidden_size": 1280,
-    "hidden_act": "silu",
-    "intermediate_size": 3420,
-    "num_heads": 16,
-    "in_channels": 3,
-    "out_hidden_size": 3584,
-    "patch_size": PATCH,
-    "spatial_merge_size": MERGE,
-    "temporal_patch_size": TEMPORAL_PATCH,
-    "tokens_per_second": 2,
-    "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31],
-}
-
-#: Qwen2.5-VL-3B-Instruct (config.json of the Hub checkpoint): the same vision tower, projecting to 2048.
-TEXT_3B: dict[str, Any] = {
-    **TEXT_7B,
-    "vocab_size": 151936,
-    "hidden_size": 2048,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 36,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "max_window_layers": 70,
-}
-VISION_3B: dict[str, Any] = {**VISION_7B, "out_hidden_size": 2048}
-ARCHS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {  # text, vision, tie_word_embeddings
-    "7b": (TEXT_7B, VISION_7B, False),
-    "3b": (TEXT_3B, VISION_3B, True),
-}
 #: peak dense bf16 matmul rate used for MFU: measured once on an H100 (docs/PERFORMANCE.md) and the data-sheet value
 PEAK_TFLOPS = {"measured": 798.0, "datasheet": 989.0}
 
@@ -124,82 +86,6 @@ PHASES: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------------------------
 # model / processor / data
 # ---------------------------------------------------------------------------------------------------------------
-def special_ids(tokenizer: Any) -> dict[str, int]:
-    """Ids of the tokenizer's pad / eos / vision tokens (the model config must use the same ids)."""
-    names = {
-        "pad": "<|endoftext|>",
-        "eos": "<|im_end|>",
-        "image": "<|image_pad|>",
-        "video": "<|video_pad|>",
-        "vision_start": "<|vision_start|>",
-        "vision_end": "<|vision_end|>",
-    }
-    return {k: int(tokenizer.convert_tokens_to_ids(v)) for k, v in names.items()}
-
-
-def build_7b_config(tokenizer: Any | None = None, size: str = "7b") -> Any:
-    """``Qwen2_5_VLConfig`` of Qwen2.5-VL-7B-Instruct (or ``size`` "3b"), with the special token ids of
-    ``tokenizer`` (default: tiny)."""
-    from transformers import Qwen2_5_VLConfig
-
-    if tokenizer is None:
-        from vqinsight.models.tiny import build_tokenizer
-
-        tokenizer = build_tokenizer()
-    ids = special_ids(tokenizer)
-    text_arch, vision_arch, tie = ARCHS[size]
-    text = {
-        **text_arch,
-        "rope_parameters": dict(text_arch["rope_parameters"]),
-        "bos_token_id": ids["pad"],
-        "eos_token_id": ids["eos"],
-        "pad_token_id": ids["pad"],
-    }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=dict(vision_arch),
-        image_token_id=ids["image"],
-        video_token_id=ids["video"],
-        vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"],
-        tie_word_embeddings=tie,
-    )
-
-
-def count_params(config: Any) -> dict[str, int]:
-    """Parameter counts of a Qwen2.5-VL config, from a meta-device instantiation (no memory, no init)."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-    total = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    return {"total": total, "vision": vision, "language": total - vision}
-
-
-def build_model(size: str, tokenizer: Any, device: Any, dtype: Any, seed: int) -> Any:
-    """A random-weight Qwen2.5-VL (the 7B architecture or the tiny one) on ``device``; same seed, same weights."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(seed)
-    if size == "tiny":
-        from vqinsight.models.tiny import build_model as build_tiny_model
-
-        model = build_tiny_model(tokenizer, seed=seed).to(device=device, dtype=dtype)
-    else:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration._from_config(
-                build_7b_config(tokenizer, size), dtype=dtype, attn_implementation="sdpa"
-            )
-    ids = special_ids(tokenizer)
-    model.generation_config.pad_token_id = ids["pad"]
-    model.generation_config.eos_token_id = ids["eos"]
-    model.generation_config.bos_token_id = ids["pad"]
-    return model
-
-
 def frame_size(frame_pixels: int) -> tuple[int, int]:
     """(H, W), multiples of 28, W ≈ 2H, with H·W <= frame_pixels (exactly 224×448 for 100352 = 128·28²)."""
     if frame_pixels < UNIT * UNIT:

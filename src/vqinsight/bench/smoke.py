@@ -182,8 +182,7 @@ def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS
     """The judge, generator base + LoRA and CLIP checkpoints (random weights) under ``root``; existing ones kept."""
     import torch
 
-    from vqinsight.bench.grpo_step import build_model
-    from vqinsight.bench.t2v import TEXT_VIT_H, UNET_MS, VAE_SD
+    from vqinsight.bench.archs import TEXT_VIT_H, UNET_MS, VAE_SD, build_model
     from vqinsight.models import tiny, tiny_clip
     from vqinsight.t2v.convert import make_lora_weights
 

@@ -28,38 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vqinsight.bench.archs import TEXT_VIT_H, UNET_MS, VAE_SD
 from vqinsight.bench.common import is_oom, peak_gib, reset_peak, sync, write_result
 from vqinsight.provenance import atomic_write_json, device_info, package_versions
 
 log = logging.getLogger(__name__)
-
-UNET_MS = dict(
-    sample_size=32,
-    block_out_channels=(320, 640, 1280, 1280),
-    cross_attention_dim=1024,
-    attention_head_dim=64,
-    layers_per_block=2,
-    norm_num_groups=32,
-    time_cond_proj_dim=256,
-)
-VAE_SD = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    sample_size=256,
-)
-TEXT_VIT_H = dict(
-    vocab_size=49408,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=23,
-    num_attention_heads=16,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-)
 
 
 def build(size: str, frames: int, res: int, device: str, dtype):

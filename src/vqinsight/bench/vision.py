@@ -27,7 +27,7 @@ def _tower(size: str, device: Any, dtype: Any, seed: int) -> Any:
     import torch
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    from vqinsight.bench.grpo_step import build_7b_config
+    from vqinsight.bench.archs import build_7b_config
 
     cfg = build_7b_config(None, "3b" if size == "tiny" else size).vision_config
     if size == "tiny":  # CPU smoke: 2 blocks, small width
