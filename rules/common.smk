@@ -400,12 +400,15 @@ def bench_caches(wildcards):
 
 
 def judge_engine_args(j):
-    """--engine / --[no-]compile / --[no-]margin-from-cache / --vllm-args of the judge jobs; empty for the defaults
-    (static engine; compiled, and margins from the generation's cache, on CUDA only), so the shell command, and with
-    it Snakemake's params check, is unchanged for configs that do not set them."""
+    """--engine / --max-batch / --[no-]compile / --[no-]margin-from-cache / --vllm-args of the judge jobs; empty for
+    the defaults (batch engine over 128 slots; the static engine compiled, and its margins from the generation's
+    cache, on CUDA only), so the shell command, and with it Snakemake's params check, is unchanged for configs that
+    do not set them."""
     args = []
-    if j.get("engine", "static") != "static":
+    if j.get("engine", "batch") != "batch":
         args.append(f"--engine {j['engine']}")
+    if j.get("max_batch") is not None:
+        args.append(f"--max-batch {j['max_batch']}")
     if j.get("compile") is not None:
         args.append("--compile" if j["compile"] else "--no-compile")
     if j.get("margin_from_cache") is not None:

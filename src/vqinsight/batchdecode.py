@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 128  # default cache slots: the 7B judge at the paper shape fits an 80 GB GPU with room to spare
 
 
 @dataclass
@@ -242,7 +243,7 @@ class BatchDecoder:
         self,
         model,
         *,
-        max_batch: int = 128,
+        max_batch: int = MAX_BATCH,
         chunk_tokens: int = 4096,
         check_every: int = 16,
         use_cuda_graph: bool | None = None,

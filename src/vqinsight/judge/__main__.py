@@ -31,7 +31,7 @@ from ..provenance import write_meta
 from ..records import append_records, expand, read_done, select_rows, to_records
 from ..training import seed_everything
 from ..vllm_engine import VLLMJudgeEngine
-from .engine import ENGINES, MAX_NEW_TOKENS, open_judge
+from .engine import ENGINES, MAX_BATCH, MAX_NEW_TOKENS, open_judge
 from .formats import FORMATS
 
 log = logging.getLogger("vqinsight.judge")
@@ -51,17 +51,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--engine",
         choices=ENGINES,
-        default="static",
-        help="static: vision features once per media item + fastdecode.StaticDecoder (default); hf: per-row "
-        "processor + transformers generate(); vllm: vLLM (optional, not installed by the project; "
-        "vqinsight/vllm_engine.py)",
+        default="batch",
+        help="batch: vision features once per media item + batchdecode.BatchDecoder, continuous batching over "
+        "--max-batch cache slots with the system prompt and first video shared (default; give it large "
+        "--batch-size chunks); static: the same features + fastdecode.StaticDecoder, one fixed batch of "
+        "--batch-size at a time; hf: per-row processor + transformers generate(); vllm: vLLM (optional, not "
+        "installed by the project; vqinsight/vllm_engine.py)",
     )
+    ap.add_argument("--max-batch", type=int, default=MAX_BATCH, help="engine batch: cache slots, rows decoded at once")
     ap.add_argument(
         "--vllm-args",
         default=None,
         help="engine vllm: extra vllm.LLM keyword arguments as JSON, e.g. '{\"tensor_parallel_size\": 2}'",
     )
-    ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the static engine's cache")
+    ap.add_argument("--vision-cache", type=int, default=64, help="media items kept by the batch/static engines' cache")
     ap.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 scale=scale,
                 max_new_tokens=a.max_new_tokens,
                 engine=a.engine,
+                max_batch=a.max_batch,
                 cache_items=a.vision_cache,
                 compile=a.compile,
                 margin_from_cache=a.margin_from_cache,

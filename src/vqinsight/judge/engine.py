@@ -32,7 +32,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..answer_format import answer_prefix
-from ..batchdecode import BatchDecoder
+from ..batchdecode import MAX_BATCH, BatchDecoder
 from ..fastdecode import StaticDecoder
 from ..media import MediaLoader
 from ..models.load import load_model_and_processor, vision_token_ids
@@ -176,7 +176,7 @@ class Judge:
         compile: bool | None = None,
         margin_from_cache: bool | None = None,
         vllm: Any = None,
-        max_batch: int = 128,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown prompt format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -567,10 +567,11 @@ def open_judge(
     style: str = "full",
     scale: tuple[float, float] = (1.0, 5.0),
     max_new_tokens: int = MAX_NEW_TOKENS,
-    engine: str = "static",
+    engine: str = "batch",
     cache_items: int = 64,
     compile: bool | None = None,
     margin_from_cache: bool | None = None,
+    max_batch: int = MAX_BATCH,
     dtype: str = "auto",
     trust_remote_code: bool = False,
     vllm: tuple[Any, Any, Any] | None = None,
@@ -607,4 +608,5 @@ def open_judge(
         compile=compile,
         margin_from_cache=margin_from_cache,
         vllm=engine_obj,
+        max_batch=max_batch,
     )
