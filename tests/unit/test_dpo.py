@@ -18,10 +18,10 @@ import yaml
 
 from vqinsight.dpo import loss as dpo_loss
 from vqinsight.dpo.data import LatentCache, read_pairs, read_videodpo
-from vqinsight.dpo.data import main as data_main
 from vqinsight.dpo.loss import diffusion_dpo_loss, implicit_accuracy, min_snr_weights, per_sample_mse
 from vqinsight.dpo.train import PairStream, Recipe, noisy_pair_batch, sample_timesteps, timestep_grid
 from vqinsight.dpo.train import main as train_main
+from vqinsight.dpo.videodpo import main as videodpo_main
 from vqinsight.t2v.scheduler import T2VTurboScheduler, ddim_timesteps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,7 +186,7 @@ def test_read_videodpo_and_conversion(tmp_path):
     assert [p["weight"] for p in read_videodpo(meta, dupbeta=1.0)] == pytest.approx([2.0, 0.5])  # 0.72 / score
 
     out = tmp_path / "pairs.jsonl"
-    assert data_main(["videodpo", "--meta", str(meta), "--out", str(out), "--dupbeta", "1"]) == 0
+    assert videodpo_main(["--meta", str(meta), "--out", str(out), "--dupbeta", "1"]) == 0
     back = read_pairs(out)
     assert [(p["win"], p["lose"], p["weight"]) for p in back] == [
         (p["win"], p["lose"], p["weight"]) for p in read_videodpo(meta, 1.0)

@@ -18,8 +18,8 @@ import polars as pl
 import pytest
 
 from vqinsight.data.download import hub_file_url
-from vqinsight.data.fetch import check_native
 from vqinsight.data.parsers import options_of, parse
+from vqinsight.data.preflight import check_native
 from vqinsight.data.rows import ParseError
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"

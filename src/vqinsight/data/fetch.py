@@ -22,6 +22,7 @@ from typing import Any
 
 from ..provenance import atomic_write_json
 from .download import DownloadError, extract, fetch_url
+from .preflight import check_native
 from .registry import get as get_dataset
 
 log = logging.getLogger("vqinsight.fetch")
@@ -109,23 +110,6 @@ def _synthetic(key: str, raw: Path, spec: dict[str, Any]) -> list[str]:
     syn = dict(spec.get("synthetic") or {})
     summary = generate_dataset(key, raw, **syn)
     return sorted(str(f) for f in summary.get("files", []))
-
-
-def check_native(key: str, raw: Path) -> list[str]:
-    """Return the native files/dirs (registry.native_files) that are missing under raw; an entry `a|b` is there
-    when any of its variants (one per published release) is."""
-    missing = []
-    for entry in get_dataset(key).native_files:
-        if not any(_present(raw, pattern) for pattern in entry.split("|")):
-            missing.append(entry)
-    return missing
-
-
-def _present(raw: Path, pattern: str) -> bool:
-    if pattern.endswith("/"):
-        d = raw / pattern.rstrip("/")
-        return d.is_dir() and any(d.iterdir())
-    return any(raw.glob(pattern))
 
 
 def fetch(key: str, raw: Path, spec: dict[str, Any]) -> list[str]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fetch import check_native
 from .manifest import check_media
 from .parsers import ParseError, parse
 from .registry import get as get_dataset
@@ -43,6 +42,23 @@ class DatasetReport:
     sources: list[str]
     media_files: int
     problems: list[Problem]
+
+
+def check_native(key: str, raw: Path) -> list[str]:
+    """Return the native files/dirs (registry.native_files) that are missing under raw; an entry `a|b` is there
+    when any of its variants (one per published release) is."""
+    missing = []
+    for entry in get_dataset(key).native_files:
+        if not any(_present(raw, pattern) for pattern in entry.split("|")):
+            missing.append(entry)
+    return missing
+
+
+def _present(raw: Path, pattern: str) -> bool:
+    if pattern.endswith("/"):
+        d = raw / pattern.rstrip("/")
+        return d.is_dir() and any(d.iterdir())
+    return any(raw.glob(pattern))
 
 
 def container_problem(path: Path) -> str | None:

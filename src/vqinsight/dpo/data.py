@@ -1,7 +1,5 @@
 """DPO training data: win/lose video pairs, VideoDPO's released pair format, and a cache of VAE latents.
 
-    python -m vqinsight.dpo.data videodpo --meta VIDEODPO_META_DIR --out pairs.jsonl [--dupbeta 0]
-
 Our pairs file is JSON Lines, one pair per line::
 
     {"prompt_id": "p0003", "prompt": "a red fox ...", "win": "videos/p0003_2.mp4", "lose": "videos/p0003_0.mp4"}
@@ -14,7 +12,7 @@ VideoDPO (CIntellifusion/VideoDPO, ``data/video_data.py: TextVideoDPO``) ships `
 ``{"video1": winner_index, "video2": loser_index, "frame_caption"?: str, "score"?: float}`` indexing the items of
 ``<META>/metadata.json`` (``item["basic"]["clip_path"]``, ``item["misc"]["frame_caption"]``). Each pair is weighted
 by its ``dupfactor = (0.72 / score) ** dupbeta``; ``dupbeta = 0`` (their ``configs/vc2_dpo``) is uniform weighting.
-The subcommand ``videodpo`` converts that to our JSONL so the trainer reads one format.
+``python -m vqinsight.dpo.videodpo`` converts that to our JSONL so the trainer reads one format.
 
 ``LatentCache`` encodes each video once with the generator's VAE (``num_frames`` uniformly sampled frames at the
 generator's size) and keeps the latents as ``.pt`` files, written atomically.
@@ -22,13 +20,11 @@ generator's size) and keeps the latents as ``.pt`` files, written atomically.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -298,27 +294,3 @@ class LatentCache:
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("videodpo", help="convert VideoDPO's pair.json + metadata.json to our pairs JSONL")
-    v.add_argument("--meta", required=True, type=Path, help="the directory holding pair.json and metadata.json")
-    v.add_argument("--out", required=True, type=Path)
-    v.add_argument("--dupbeta", type=float, default=0.0, help="weight = (0.72/score)**dupbeta; 0 = uniform")
-    v.add_argument("--no-check-files", action="store_true", help="do not require the clips to exist")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        pairs = read_videodpo(a.meta, a.dupbeta, check_files=not a.no_check_files)
-    except (FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    write_pairs(pairs, a.out)
-    log.info("wrote %d pairs (%d prompts) to %s", len(pairs), len({p["prompt_id"] for p in pairs}), a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

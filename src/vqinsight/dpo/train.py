@@ -69,6 +69,7 @@ from ..training import (
     latest_checkpoint,
     prune_checkpoints,
 )
+from .data import LatentCache, read_pairs, read_videodpo
 
 log = logging.getLogger("vqinsight.dpo")
 
@@ -466,8 +467,6 @@ def _check_inputs(a: argparse.Namespace) -> str | None:
 
 
 def load_pairs(a: argparse.Namespace) -> list[dict[str, Any]]:
-    from .data import read_pairs, read_videodpo
-
     pairs = [p for f in a.pairs for p in read_pairs(f)]
     if a.videodpo is not None:
         pairs += read_videodpo(a.videodpo, a.dupbeta)
@@ -518,7 +517,6 @@ def _train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]], f
 
     from ..t2v.model import encode_prompts, load_generator, save_generator
     from ..t2v.scheduler import T2VTurboScheduler, w_embedding
-    from .data import LatentCache
     from .loss import diffusion_dpo_loss, implicit_accuracy, min_snr_weights, per_sample_mse
 
     accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
