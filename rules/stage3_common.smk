@@ -8,7 +8,7 @@ S3_JUDGE_TM = S3["judge"]["task_model"]
 S3_FINAL_JUDGE = f"united_r{ROUNDS}"
 S3_TINY = "tiny" in S3["generator"]
 DPO_RECIPE = repo_file(S3["dpo"]["recipe"])
-S3_CODE = [str(SRC / "stage3" / f) for f in ("pairs.py", "vbench.py", "evaluate.py")]
+S3_CODE = [str(SRC / "stage3" / f) for f in ("pairs.py", "index.py", "selection.py", "vbench.py", "evaluate.py")]
 
 
 def gen_id(chain, r):

@@ -13,17 +13,15 @@ import pytest
 
 from vqinsight.data.manifest import SCHEMA, validate_manifest
 from vqinsight.stage3 import pairs, vbench
-from vqinsight.stage3.pairs import (
-    pair_id,
-    pair_manifest,
-    read_index,
+from vqinsight.stage3.index import by_prompt, pair_id, pair_manifest, read_index, winrate_manifest
+from vqinsight.stage3.selection import (
+    bootstrap_ci,
     refine_manifest,
     select_win_lose,
     tournament,
     tournament_comparisons,
     win_matrix,
     winrate,
-    winrate_manifest,
 )
 from vqinsight.stage3.vbench import parse_vbench_results, temporal_flickering, vbench_final_scores
 
@@ -67,7 +65,7 @@ def _judge(sid: str, q_first: float, q_second: float) -> list[dict]:
 
 def _judge_prompts(rows: list[dict], quality: dict[tuple[str, int], float]) -> list[dict]:
     out = []
-    for pid, group in pairs.by_prompt(rows).items():
+    for pid, group in by_prompt(rows).items():
         for ra, rb in itertools.combinations(group, 2):
             sid = pair_id(pid, ra["index"], rb["index"])
             out += _judge(sid, quality[(pid, ra["index"])], quality[(pid, rb["index"])])
@@ -391,8 +389,8 @@ def test_winrate_on_synthetic_records() -> None:
 
 
 def test_bootstrap_ci_narrows_with_n() -> None:
-    small = pairs.bootstrap_ci([1.0, 0.0] * 10, n_boot=4000, seed=0)
-    big = pairs.bootstrap_ci([1.0, 0.0] * 1000, n_boot=4000, seed=0)
+    small = bootstrap_ci([1.0, 0.0] * 10, n_boot=4000, seed=0)
+    big = bootstrap_ci([1.0, 0.0] * 1000, n_boot=4000, seed=0)
     assert small[0] < big[0] < 0.5 < big[1] < small[1]
     assert big[1] - big[0] == pytest.approx(2 * 1.96 * 0.5 / math.sqrt(2000), rel=0.1)
 

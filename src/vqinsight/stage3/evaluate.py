@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 
 from ..provenance import atomic_write_json, write_meta
+from ..records import load_predictions
+from .selection import winrate
 
 log = logging.getLogger("vqinsight.stage3.evaluate")
 
 
 def evaluate(vbench_path: Path, predictions: Path | None, generator: str, seed: int = 0) -> dict:
-    from ..records import load_predictions
-    from .pairs import winrate
-
     try:
         vb = json.loads(Path(vbench_path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

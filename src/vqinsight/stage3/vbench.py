@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..provenance import atomic_write_json, write_meta
+from .index import read_index
 
 log = logging.getLogger("vqinsight.stage3.vbench")
 
@@ -340,8 +341,6 @@ def demo_scores(index_rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, floa
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .pairs import read_index
-
     rows = read_index(a.index)
     means, per_video = demo_scores(rows)
     out = {
@@ -364,8 +363,6 @@ def cmd_full(a: argparse.Namespace) -> int:
     work = a.work_dir or a.out.with_name(f"{a.out.stem}_vbench")
     prompts = None
     if a.index:
-        from .pairs import read_index
-
         videos = work / "videos"
         prompts = stage_videos(read_index(a.index), videos, a.mode)
     else:
