@@ -167,149 +167,177 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
 
         return timed(go, device)[1]
 
-    phases = set(a.phases.split(","))
-    with torch.no_grad():
-        if phases & {"batch", "mixed"}:
+    ctx = {"jb": None, "t_vis": 0.0}
+
+    def batch_judge():
+        if ctx["jb"] is None:
             jb = engine.Judge(model, processor, loader, engine="batch", max_batch=a.max_batch,
                               cache_items=len(videos), **kw)  # fmt: skip
             jb._eos_ids = lambda: []  # as generation_config.eos_token_id = None for generate()
             jb.batch.timing = True
             jb.generate(rows[:2], limits=[4, 4])  # kernels and allocator warm (the real shape is captured below)
+            ctx["t_vis"] = fill(jb)
+            res["vision"] = {"videos": len(videos), "s": ctx["t_vis"], "s_per_video": ctx["t_vis"] / len(videos)}
+            ctx["jb"] = jb
+        jb = ctx["jb"]
+        jb.batch.max_batch, jb.batch.prefix_slots, jb.batch.share_kv = a.max_batch, max(4, a.max_batch // 8), True
+        return jb
+
+    def probe(name: str) -> None:
+        """Agreement of engine ``name``'s tokens with the batch engine's, logits recomputed at divergences."""
+        if "batch" not in tokens or name not in tokens:
+            return
+        ag = agreement(tokens["batch"], tokens[name])
+        dec = BatchDecoder(model, max_batch=1)
+        jp = engine.Judge(model, processor, loader, engine="batch", max_batch=1, cache_items=4, **kw)
+        diffs = []
+        for k, d in list(ag["diverged"].items())[: a.probe]:
+            req = batched.row_requests(jp, [rows[keys.index(k)]])[0]
+            logits = dec.logits_after(req, tokens["batch"][k][:d])
+            logits[jp.suppress] = float("-inf")
+            x, y = tokens["batch"][k][d], tokens[name][k][d]
+            top = logits.topk(2).values
+            diffs.append({"key": k, "step": d, "logit_ours": float(logits[x]), "logit_theirs": float(logits[y]),
+                          "top2_gap": float(top[0] - top[1])})  # fmt: skip
+        ag["probed"], ag["diverged"] = diffs, len(ag["diverged"])
+        res.setdefault("agreement", {})[name] = ag
+        free(jp)
+
+    def ratio(name: str) -> None:
+        ours = res.get("batch", {}).get("judgments_per_s")
+        if ours and name in ("static", "generate", "naive") and name in res:
+            res.setdefault("ratios", {})[f"batch_over_{name}"] = ours / res[name]["judgments_per_s"]
+
+    def ph_batch():
+        jb = batch_judge()
+        reset_peak(device)
+        _, t = timed(lambda: jb.generate(rows), device)
+        tokens["batch"] = dict(zip(keys, jb.last_tokens, strict=True))
+        st = dict(jb.batch.stats)
+        res["batch"] = {"generate_s": t, "judgments_per_s": n / (ctx["t_vis"] + t), "stats": st,
+                        "peak_GiB": peak_gib(device)}  # fmt: skip
+        res.setdefault("ratios", {})["of_issue_estimate_7.5"] = res["batch"]["judgments_per_s"] / ISSUE_ESTIMATE
+        if "ceilings" in res:
+            res["floor"] = floor(res, count_params(model.config), model)
+            res["ratios"]["of_floor"] = res["batch"]["judgments_per_s"] / res["floor"]["judgments_per_s"]
+        log.info("batch engine: %.2f judgments/s (%s)", res["batch"]["judgments_per_s"], st)
+        free(jb)
+
+    def ph_margin():
+        jb = batch_judge()
+        _, t = timed(lambda: jb.generate(rows, verdicts=verdicts), device)
+        same = jb.last_tokens == list(tokens.get("batch", {}).values())
+        res["batch_with_margin"] = {"generate_s": t, "judgments_per_s": n / (ctx["t_vis"] + t),
+                                    "margin_rows": dict(jb.margin_stats), "stats": dict(jb.batch.stats),
+                                    "same_tokens": same}  # fmt: skip
+        free(jb)
+
+    def ph_mixed():
+        jb = batch_judge()
+        out = {"limits": {"min": min(limits), "max": max(limits), "mean": float(np.mean(limits))}}
+        got = {}
+        for mode in ("continuous", "wave"):
+            jb.batch.refill = mode
+            _, t = timed(lambda: jb.generate(rows, limits=limits), device)
+            got[mode] = list(jb.last_tokens)
+            out[mode] = {"generate_s": t, "judgments_per_s": n / t, "stats": dict(jb.batch.stats),
+                         "useful_tokens": sum(limits)}  # fmt: skip
+            log.info("mixed lengths, %s refill: %.1f s", mode, t)
+            res["mixed"] = out
+            atomic_write_json(a.out, res)
+        jb.batch.refill = "continuous"
+        out["continuous_over_wave"] = out["wave"]["generate_s"] / out["continuous"]["generate_s"]
+        out["same_tokens"] = got["continuous"] == got["wave"]
+        out["lengths_as_forced"] = [len(x) for x in got["continuous"]] == limits
+        free(jb)
+
+    def ph_variants():
+        for var in [v for v in a.variants.split(",") if v]:
+            size, _, mode = var.partition(":")
+            if mode not in ("", "copy"):
+                raise ValueError(f"variant {var!r}: SLOTS or SLOTS:copy")
+            jb = batch_judge()
+            dec = jb.batch
+            dec.max_batch, dec.prefix_slots, dec.share_kv = int(size), max(4, int(size) // 8), mode != "copy"
             reset_peak(device)
-            t_vis = fill(jb)
-            res["vision"] = {"videos": len(videos), "s": t_vis, "s_per_video": t_vis / len(videos)}
-            if "batch" in phases:
-                _, t = timed(lambda: jb.generate(rows), device)
-                tokens["batch"] = dict(zip(keys, jb.last_tokens, strict=True))
-                st = dict(jb.batch.stats)
-                res["batch"] = {"generate_s": t, "judgments_per_s": n / (t_vis + t), "stats": st,
-                                "peak_GiB": peak_gib(device)}  # fmt: skip
-                log.info("batch engine: %.2f judgments/s (%s)", res["batch"]["judgments_per_s"], st)
-                atomic_write_json(a.out, res)
-                if a.margin:
-                    _, t = timed(lambda: jb.generate(rows, verdicts=verdicts), device)
-                    res["batch"]["with_margin"] = {"generate_s": t, "judgments_per_s": n / (t_vis + t),
-                                                   "margin_rows": dict(jb.margin_stats)}  # fmt: skip
-                    res["batch"]["with_margin_same_tokens"] = jb.last_tokens == list(tokens["batch"].values())
-                    atomic_write_json(a.out, res)
-            if "mixed" in phases:
-                out = {"limits": {"min": min(limits), "max": max(limits), "mean": float(np.mean(limits))}}
-                got = {}
-                for mode in ("continuous", "wave"):
-                    jb.batch.refill = mode
-                    _, t = timed(lambda: jb.generate(rows, limits=limits), device)
-                    got[mode] = list(jb.last_tokens)
-                    out[mode] = {"generate_s": t, "judgments_per_s": n / t, "stats": dict(jb.batch.stats),
-                                 "useful_tokens": sum(limits)}  # fmt: skip
-                    log.info("mixed lengths, %s refill: %.1f s", mode, t)
-                jb.batch.refill = "continuous"
-                out["continuous_over_wave"] = out["wave"]["generate_s"] / out["continuous"]["generate_s"]
-                out["same_tokens"] = got["continuous"] == got["wave"]
-                out["lengths_as_forced"] = [len(x) for x in got["continuous"]] == limits
-                res["mixed"] = out
-                atomic_write_json(a.out, res)
-            for var in [v for v in a.variants.split(",") if v]:
-                size, _, mode = var.partition(":")
-                if mode not in ("", "copy"):
-                    raise ValueError(f"variant {var!r}: SLOTS or SLOTS:copy")
-                free(jb)
-                dec = jb.batch
-                dec.max_batch, dec.prefix_slots, dec.share_kv = int(size), max(4, int(size) // 8), mode != "copy"
-                reset_peak(device)
-                _, t = timed(lambda: jb.generate(rows), device)
-                res.setdefault("batch_variants", {})[var] = {
-                    "generate_s": t, "judgments_per_s": n / (t_vis + t), "stats": dict(dec.stats),
-                    "peak_GiB": peak_gib(device),
-                    "agreement_with_batch": agreement(tokens["batch"], dict(zip(keys, jb.last_tokens, strict=True)))
-                    if "batch" in tokens else None,
-                }  # fmt: skip
-                res["batch_variants"][var].get("agreement_with_batch", {}).pop("diverged", None)
-                log.info("batch engine, variant %s: %.2f judgments/s", var, n / (t_vis + t))
-                atomic_write_json(a.out, res)
+            _, t = timed(lambda jb=jb: jb.generate(rows), device)
+            ag = agreement(tokens["batch"], dict(zip(keys, jb.last_tokens, strict=True))) if "batch" in tokens else {}
+            ag.pop("diverged", None)
+            res.setdefault("batch_variants", {})[var] = {
+                "generate_s": t, "judgments_per_s": n / (ctx["t_vis"] + t), "stats": dict(dec.stats),
+                "peak_GiB": peak_gib(device), "agreement_with_batch": ag,
+            }  # fmt: skip
+            log.info("batch engine, variant %s: %.2f judgments/s", var, n / (ctx["t_vis"] + t))
             free(jb)
-
-        if "static" in phases:
-            m = min(n, a.static_judgments)
-            js = engine.Judge(model, processor, loader, engine="static", cache_items=len(videos), **kw)
-            js._eos_ids = lambda: []
-            js.max_new_tokens = 4
-            js.generate(rows[: a.batch])  # compile + kernels (the 512-token state is captured in the first batch)
-            js.max_new_tokens = a.new_tokens
-            reset_peak(device)
-            t_vis = fill(js)
-            t_gen = t_margin = 0.0
-            got = {}
-            for s in range(0, m, a.batch):
-                part = rows[s : min(m, s + a.batch)]
-                comps, t = timed(lambda part=part: js.generate(part), device)
-                t_gen += t
-                got.update(zip(keys[s : s + len(part)], js.last_tokens, strict=True))
-                _, t = timed(lambda part=part, comps=comps: js.candidate_probs(
-                    part, [answer_prefix(c) for c in comps], verdicts), device)  # fmt: skip
-                t_margin += t
-            tokens["static"] = got
-            res["static"] = {"judgments": m, "vision_s": t_vis * m / n, "generate_s": t_gen, "margin_s": t_margin,
-                             "judgments_per_s": m / (t_vis * m / n + t_gen),
-                             "judgments_per_s_with_margin": m / (t_vis * m / n + t_gen + t_margin),
-                             "margin_rows": dict(js.margin_stats), "peak_GiB": peak_gib(device)}  # fmt: skip
-            log.info("static engine: %.2f judgments/s", res["static"]["judgments_per_s"])
             atomic_write_json(a.out, res)
-            free(js)
 
+    def ph_static():
+        m = min(n, a.static_judgments)
+        js = engine.Judge(model, processor, loader, engine="static", cache_items=len(videos), **kw)
+        js._eos_ids = lambda: []
+        js.max_new_tokens = 4
+        js.generate(rows[: a.batch])  # compile + kernels (the 512-token state is captured in the first batch)
+        js.max_new_tokens = a.new_tokens
+        reset_peak(device)
+        t_vis = fill(js)
+        t_gen = t_margin = 0.0
+        got = {}
+        for s in range(0, m, a.batch):
+            part = rows[s : min(m, s + a.batch)]
+            comps, t = timed(lambda part=part: js.generate(part), device)
+            t_gen += t
+            got.update(zip(keys[s : s + len(part)], js.last_tokens, strict=True))
+            _, t = timed(lambda part=part, comps=comps: js.candidate_probs(
+                part, [answer_prefix(c) for c in comps], verdicts), device)  # fmt: skip
+            t_margin += t
+        tokens["static"] = got
+        res["static"] = {"judgments": m, "vision_s": t_vis * m / n, "generate_s": t_gen, "margin_s": t_margin,
+                         "judgments_per_s": m / (t_vis * m / n + t_gen),
+                         "judgments_per_s_with_margin": m / (t_vis * m / n + t_gen + t_margin),
+                         "margin_rows": dict(js.margin_stats), "peak_GiB": peak_gib(device)}  # fmt: skip
+        log.info("static engine: %.2f judgments/s", res["static"]["judgments_per_s"])
+        free(js)
+
+    def ph_generate():
         jh = engine.Judge(model, processor, loader, engine="hf", **kw)
-        if "generate" in phases:
-            part = rows[: a.batch]
-            jh.max_new_tokens = 16
-            _, t_cold = timed(lambda: jh.generate(part), device)  # first call on this batch (short)
-            jh.max_new_tokens = a.new_tokens
-            reset_peak(device)
-            _, t = timed(lambda: jh.generate(part), device)
-            tokens["generate"] = dict(zip(keys[: len(part)], jh.last_tokens, strict=True))
-            res["generate"] = {"batch": len(part), "generate_s": t, "judgments_per_s": len(part) / t,
-                               "first_call_16_tokens_s": t_cold, "peak_GiB": peak_gib(device)}  # fmt: skip
-            log.info("generate(), batch %d: %.2f judgments/s", len(part), res["generate"]["judgments_per_s"])
-            atomic_write_json(a.out, res)
-        if "naive" in phases and a.naive:
-            jh.max_new_tokens = 16
-            jh.generate(rows[:1])
-            jh.max_new_tokens = a.new_tokens
-            t_all, got = 0.0, {}
-            for k, row in list(zip(keys, rows, strict=True))[: a.naive]:
-                _, t = timed(lambda row=row: jh.generate([row]), device)
-                t_all += t
-                got[k] = jh.last_tokens[0]
-            tokens["naive"] = got
-            res["naive"] = {"judgments": a.naive, "generate_s": t_all, "judgments_per_s": a.naive / max(t_all, 1e-9)}
-            atomic_write_json(a.out, res)
+        part = rows[: a.batch]
+        jh.max_new_tokens = 16
+        _, t_cold = timed(lambda: jh.generate(part), device)  # first call on this batch (short)
+        jh.max_new_tokens = a.new_tokens
+        reset_peak(device)
+        _, t = timed(lambda: jh.generate(part), device)
+        tokens["generate"] = dict(zip(keys[: len(part)], jh.last_tokens, strict=True))
+        res["generate"] = {"batch": len(part), "generate_s": t, "judgments_per_s": len(part) / t,
+                           "first_call_16_tokens_s": t_cold, "peak_GiB": peak_gib(device)}  # fmt: skip
+        log.info("generate(), batch %d: %.2f judgments/s", len(part), res["generate"]["judgments_per_s"])
         free(jh)
 
-        # ---- ratios, agreement, floor
-        ours = res.get("batch", {}).get("judgments_per_s")
-        if ours:
-            res["ratios"] = {f"batch_over_{k}": ours / res[k]["judgments_per_s"]
-                             for k in ("static", "generate", "naive") if k in res}  # fmt: skip
-            res["ratios"]["of_issue_estimate_7.5"] = ours / ISSUE_ESTIMATE
-        if "batch" in tokens:
-            res["agreement"] = {k: agreement(tokens["batch"], v) for k, v in tokens.items() if k != "batch"}
-            probe = BatchDecoder(model, max_batch=1)
-            jp = engine.Judge(model, processor, loader, engine="batch", max_batch=1, cache_items=len(videos), **kw)
-            for name, ag in res["agreement"].items():
-                diffs = []
-                for k, d in list(ag["diverged"].items())[: a.probe]:
-                    req = batched.row_requests(jp, [rows[keys.index(k)]])[0]
-                    logits = probe.logits_after(req, tokens["batch"][k][:d])
-                    logits[jp.suppress] = float("-inf")
-                    x, y = tokens["batch"][k][d], tokens[name][k][d]
-                    top = logits.topk(2).values
-                    diffs.append({"key": k, "step": d, "logit_ours": float(logits[x]),
-                                  "logit_theirs": float(logits[y]), "top2_gap": float(top[0] - top[1])})  # fmt: skip
-                ag["probed"] = diffs
-                ag["diverged"] = len(ag["diverged"])
-            free(jp, probe)
-        if "batch" in res and "ceilings" in res:
-            res["floor"] = floor(res, count_params(model.config), model)
-            res["ratios"]["of_floor"] = ours / res["floor"]["judgments_per_s"]
-        atomic_write_json(a.out, res)
+    def ph_naive():
+        if not a.naive:
+            return
+        jh = engine.Judge(model, processor, loader, engine="hf", **kw)
+        jh.max_new_tokens = 16
+        jh.generate(rows[:1])
+        jh.max_new_tokens = a.new_tokens
+        t_all, got = 0.0, {}
+        for k, row in list(zip(keys, rows, strict=True))[: a.naive]:
+            _, t = timed(lambda row=row: jh.generate([row]), device)
+            t_all += t
+            got[k] = jh.last_tokens[0]
+        tokens["naive"] = got
+        res["naive"] = {"judgments": a.naive, "generate_s": t_all, "judgments_per_s": a.naive / t_all}
+        free(jh)
+
+    run_phase = {"batch": ph_batch, "margin": ph_margin, "mixed": ph_mixed, "variants": ph_variants,
+                 "static": ph_static, "generate": ph_generate, "naive": ph_naive}  # fmt: skip
+    with torch.no_grad():
+        for name in [x for x in a.phases.split(",") if x]:
+            if name not in run_phase:
+                raise ValueError(f"unknown phase {name!r}; valid: {', '.join(run_phase)}")
+            run_phase[name]()
+            ratio(name)
+            probe(name)
+            atomic_write_json(a.out, res)
 
 
 def floor(res: dict[str, Any], params: dict[str, int], model: Any) -> dict[str, Any]:
@@ -343,9 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--static-judgments", type=int, default=90, help="judgments timed with the static engine")
     ap.add_argument("--naive", type=int, default=2, help="judgments timed with one pair per generate() call")
     ap.add_argument("--probe", type=int, default=4, help="divergent rows whose logits are recomputed per engine")
-    ap.add_argument("--margin", action=argparse.BooleanOptionalAction, default=True,
-                    help="batch engine: also time generation with the answer margin")  # fmt: skip
-    ap.add_argument("--phases", default="batch,mixed,static,generate,naive")
+    ap.add_argument("--phases", default="batch,static,generate,naive,margin,mixed,variants",
+                    help="phases to run, in this order (each written to --out as it ends)")  # fmt: skip
     ap.add_argument("--variants", default="",
                     help="batch engine again with other slot counts, e.g. '270,135:copy' (copy: the shared prefix "
                     "copied into every row instead of the pool)")  # fmt: skip
