@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 SNAKEMAKE := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake
 
-.PHONY: demo test test-learning-avx2 lint dry-run clean-demo install-cluster
+.PHONY: demo test test-fast test-learning-avx2 lint dry-run clean-demo install-cluster
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# The unit tests without those marked slow (fuzzing, training loops, subprocess runs of commands): a few minutes on
+# two CPU cores. `make test` runs everything, as CI does.
+test-fast: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/unit -m "not slow" -q
 
 # The demo's learning tests again with the CPU kernels capped at AVX2: another float summation order on machines with
 # AVX-512 or AMX (the same order elsewhere). The learning claims must hold under both (docs/DEMO_LEARNING.md).

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vqinsight.bench.decode import main
 
 
+@pytest.mark.slow
 def test_bench_decode_cpu_smoke(tmp_path) -> None:
     out = tmp_path / "decode.json"
     argv = ["--size", "tiny", "--batches", "2", "--new-tokens", "6", "--check-tokens", "4", "--frames", "2"]

@@ -104,6 +104,7 @@ def test_multidim_and_question(world, capsys) -> None:
     assert rc == 0 and rec["task"] == "vqa" and 0.0 <= rec["p_yes"] <= 1.0 and rec["question"] == "Is it foggy?"
 
 
+@pytest.mark.slow
 def test_folder_resumes_after_a_kill(world, tmp_path: Path, capsys) -> None:
     out = tmp_path / "scores.jsonl"
     cmd = [sys.executable, "-m", "vqinsight.cli", "judge", str(world["folder"]), "--out", str(out)]

@@ -302,6 +302,7 @@ def test_latent_cache_encodes_once_resizes_and_rebuilds(tiny, tmp_path, caplog):
     assert cache.key(odd) != k  # a re-rendered file gets new latents
 
 
+@pytest.mark.slow
 def test_train_lora_writes_a_merged_generator(tiny, tmp_path, fresh_accelerate_state):
     from safetensors.torch import load_file
 
@@ -332,6 +333,7 @@ def test_train_lora_writes_a_merged_generator(tiny, tmp_path, fresh_accelerate_s
     assert not (work / "out.tmp").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_where_the_checkpoint_left_off(tiny, tmp_path, fresh_accelerate_state, caplog):
     short = {**RECIPE, "max_steps": 2, "save_every": 1}
     work = tmp_path / "run"
@@ -358,6 +360,7 @@ def test_resume_continues_where_the_checkpoint_left_off(tiny, tmp_path, fresh_ac
         torch.testing.assert_close(resumed_unet[k], v, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigurg_checkpoints_and_exits_75(tiny, tmp_path, fresh_accelerate_state, monkeypatch):
     real = dpo_loss.diffusion_dpo_loss
     calls = []
@@ -379,6 +382,7 @@ def test_sigurg_checkpoints_and_exits_75(tiny, tmp_path, fresh_accelerate_state,
     assert [r["step"] for r in _csv(work)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_full_finetune_with_a_frozen_copy(tiny, tmp_path, fresh_accelerate_state):
     from safetensors.torch import load_file
 

@@ -47,6 +47,8 @@ from vqinsight.rewards import (
     temporal_bonus,
 )
 
+pytestmark = pytest.mark.slow  # 10,600 generated examples: minutes on two CPU cores
+
 
 def _fuzz(n: int) -> settings:
     return settings(

@@ -186,6 +186,7 @@ def test_vision_tower_trains_on_comparison_next_to_score_row(tiny_dir: Path, tmp
     assert changed >= total - 1
 
 
+@pytest.mark.slow
 def test_fully_mixed_batch_with_temporal_reward(tiny_dir: Path, tmp_path: Path) -> None:
     """Image, 1-video, 2-video and text-only rows in one generation batch, split into 2 micro-batches, 2 iterations."""
     trainer = make_trainer(
@@ -519,6 +520,7 @@ def test_answer_token_weights_cover_the_answer_content_only() -> None:
         assert w[row, len(ids[row]) :].tolist() == [0.0] * (width - len(ids[row]))
 
 
+@pytest.mark.slow
 def test_outside_answer_weight_reaches_trl_loss_as_per_token_advantages(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -681,7 +683,7 @@ def test_static_rollouts_equal_transformers_generate_when_greedy(tiny_dir: Path,
     """With sampling off, the static engine's completions equal transformers' generate() token for token on a
     padded batch of image, 1-video, 2-video and text-only prompts (the trainer's own generation call)."""
     outs = {}
-    for engine in ("hf", "static"):
+    for engine in ("hf", "static", "batch"):
         trainer = make_trainer(
             tiny_dir,
             tmp_path / engine,
@@ -698,6 +700,7 @@ def test_static_rollouts_equal_transformers_generate_when_greedy(tiny_dir: Path,
             ids, images, fields = trainer._tokenize_prompts(prompts)
             outs[engine] = trainer._generate_single_turn(ids, images, fields, 1)[0]
     assert outs["static"] == outs["hf"]
+    assert outs["batch"] == outs["hf"]
     assert any(len(c) > 1 for c in outs["hf"])
 
 
@@ -820,6 +823,22 @@ def test_merged_shuffled_rollouts_equal_a_separate_call_when_greedy(tiny_dir: Pa
     assert ord_b == ord_a and len(ord_a) == 12
     assert texts_b == texts_a and len(texts_a) == 6 and any(texts_a)
     assert state_b == state_a and state_a.shuffled_total == [1, 1, 1, 0] * 2 + [0] * 4
+
+
+def test_batch_rollout_engine_gives_the_static_engines_merged_rollouts(tiny_dir: Path, tmp_path: Path) -> None:
+    """rollout_engine batch (batchdecode.BatchDecoder: a prompt's copies share its cache): the same greedy ordered
+    and shuffled rollouts and temporal counts as the static engine, in one merged batch."""
+    inputs = _rows(1, 4) + _rows(0, 4) + _rows(6, 4)
+    out = {}
+    for engine in ("static", "batch"):
+        trainer = make_trainer(tiny_dir, tmp_path / engine, [0, 1, 6], per_device_train_batch_size=12,
+                               num_generations=4, max_completion_length=10, temporal=True, temporal_rollouts=3,
+                               rollout_engine=engine, generation_kwargs={"do_sample": False})  # fmt: skip
+        assert trainer.merge_shuffled_rollouts
+        trainer.model.train()
+        out[engine] = _rollouts_of_one_step(trainer, [dict(x) for x in inputs])
+    assert out["batch"] == out["static"]
+    assert trainer._decoder.stats["prefix_prefills"] == 5, "one prefill per distinct prompt"
 
 
 def test_merged_shuffled_rollouts_train_and_a_lost_merge_is_an_error(tiny_dir: Path, tmp_path: Path) -> None:

@@ -281,6 +281,7 @@ def test_fuzz_parse_score_round_trip(value: float, noise: str) -> None:
     assert parse_score(f"{noise[:10]} {value!r}") == pytest.approx(value)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(st.one_of(_FRAGMENTS, TEXT), max_size=5))
 def test_fuzz_conversational_matches_plain(chunks: list[str]) -> None:

@@ -124,6 +124,7 @@ def test_models(tmp_path, monkeypatch):
     assert "not found" in check_model("m", str(tmp_path / "nowhere")).what
 
 
+@pytest.mark.slow
 def test_snakemake_check_target_passes_config_datasets_and_models():
     """The `check` target: a local rule over every enabled dataset and every model no rule builds."""
     out = subprocess.run(

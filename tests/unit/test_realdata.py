@@ -113,6 +113,7 @@ def test_lsvq_benchmark_lists_give_the_row_sets_of_table_3(tmp_path):
     assert len(common) > 10_000 and all(a[k] == pytest.approx(b[k], abs=1e-9) for k in common)  # every MOS agrees
 
 
+@pytest.mark.slow
 def test_lsvq_native_csvs_keep_is_valid_false_rows_for_evaluation(tmp_path):
     raw = lay_out(tmp_path / "lsvq", NATIVE)
     out = parse("lsvq", raw, SCALE)

@@ -445,6 +445,7 @@ def _assert_figure_files(paths: list[Path]) -> None:
         assert p.stat().st_size > 1000, p
 
 
+@pytest.mark.slow
 def test_write_figures(fx, tmp_path):
     out = tmp_path / "fig"
     written = write_figures(fx["metrics"], [], out)  # training curves: see the CLI test (keeps this one < 5 s)
@@ -455,6 +456,7 @@ def test_write_figures(fx, tmp_path):
     _assert_figure_files(written)
 
 
+@pytest.mark.slow
 def test_figures_survive_nan_and_single_points(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
@@ -508,6 +510,7 @@ def test_parse_curves_spec():
 # ---------------------------------------------------------------- CLI and index
 
 
+@pytest.mark.slow
 def test_cli_tables_figures_index(fx, tmp_path):
     tdir, fdir, index = tmp_path / "tables", tmp_path / "figs", tmp_path / "report" / "index.md"
     metrics = [str(p) for p in fx["metrics"]]

@@ -154,6 +154,7 @@ def _key(name: str, table: Table, paper_key: str) -> str:
     return paper_key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [f"table{n}" for n in range(1, 7)])
 def test_rendered_reported_rows_equal_the_papers_tables(name: str) -> None:
     table = rendered_tables()[name]

@@ -89,6 +89,7 @@ def test_binds_to_loopback_by_default(world) -> None:
     assert world["server"].url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_load_200_requests_8_clients_equal_the_cli(world, capsys) -> None:
     url, vids = world["server"].url, world["vids"]
     expected_score = {v: cli_json(world, capsys, v) for v in vids}

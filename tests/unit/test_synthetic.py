@@ -233,6 +233,7 @@ def test_exposure_mix_koniq_brightness_tracks_mos(tmp_path):
     assert len(train) == 300 and rho >= 0.7, rho  # measured 0.712 (default mix: 0.32)
 
 
+@pytest.mark.slow
 def test_exposure_mix_pairs_prefer_the_brighter_video(tmp_path):
     import av
 

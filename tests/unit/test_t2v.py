@@ -172,6 +172,7 @@ def _read_index(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sample_cli_shards_resume_and_settings(tmp_path: Path, model_dir: Path):
     prompts = _write_prompts(
         tmp_path / "prompts.jsonl",
