@@ -86,7 +86,7 @@ rule stage3_prompts:
         n_heldout=S3["prompts"]["heldout"],
         seed=config["seed"],
     shell:
-        "python -m vqinsight.stage3.prompts --manifest {input.manifest:q} --train {output.train:q} "
+        "python -m vqinsight.stage3.prompt_sets --manifest {input.manifest:q} --train {output.train:q} "
         "--heldout {output.heldout:q} --n-train {params.n_train} --n-heldout {params.n_heldout} "
         "--seed {params.seed} > {log:q} 2>&1"
 

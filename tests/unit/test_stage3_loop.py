@@ -8,7 +8,7 @@ import pytest
 
 from vqinsight.report.tables import build_table6, render_csv, render_markdown
 from vqinsight.stage3.evaluate import evaluate
-from vqinsight.stage3.prompts import prompt_id, select_prompts
+from vqinsight.stage3.prompt_sets import prompt_id, select_prompts
 
 
 def test_select_prompts_dedupes_skips_empty_and_keeps_sets_disjoint():

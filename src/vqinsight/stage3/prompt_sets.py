@@ -1,7 +1,7 @@
 """Stage 3's prompt sets: a seeded selection of VidProM prompts, split into the training set (sampled, judged and
 paired every round) and a held-out set (the generator evaluation).
 
-    python -m vqinsight.stage3.prompts --manifest results/demo/manifests/vidprom.parquet \\
+    python -m vqinsight.stage3.prompt_sets --manifest results/demo/manifests/vidprom.parquet \\
         --train results/demo/stage3/prompts/train.jsonl --heldout results/demo/stage3/prompts/heldout.jsonl \\
         --n-train 16 --n-heldout 8 --seed 0
 
@@ -23,7 +23,7 @@ import numpy as np
 from ..jsonl import dumps as jsonl_dumps
 from ..provenance import atomic_write_text, write_meta
 
-log = logging.getLogger("vqinsight.stage3.prompts")
+log = logging.getLogger("vqinsight.stage3.prompt_sets")
 
 
 def prompt_id(sample_id: str) -> str:
