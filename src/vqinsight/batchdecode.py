@@ -131,7 +131,10 @@ def rope_positions(model: Any, ids: torch.Tensor, mm_types: torch.Tensor, **grid
         n = ids.shape[1]
         return torch.arange(n, device=ids.device).view(1, 1, n).expand(3, ids.shape[0], n).clone()
     base.rope_deltas = None
-    pos, _ = base.get_rope_index(ids, mm_token_type_ids=mm_types, **grids)
+    try:
+        pos, _ = base.get_rope_index(ids, mm_token_type_ids=mm_types, **grids)
+    except TypeError:  # transformers releases whose get_rope_index finds the vision tokens by id itself
+        pos, _ = base.get_rope_index(ids, **grids)
     return pos
 
 
@@ -306,6 +309,7 @@ class BatchDecoder:
         self.attention = attention if attention != "auto" else ("efficient" if cuda else "manual")
         self._attention_checked = self.attention == "manual"
         self.scores: list[torch.Tensor | None] = []  # per request of the last generate(): its Score's totals
+        self.compiled = bool(compile)
         self._decode_fn = torch.compile(self._decode_logits) if compile else self._decode_logits
         self._slots: _Slots | None = None
         self._sampling: dict[str, Any] = {}
@@ -739,6 +743,35 @@ class BatchDecoder:
         self.scores[r] = self._score_chunk(k_rows, v_rows, base, refeed, p0, spec, prefix)
         self.stats["scored"] += 1
 
+    @torch.no_grad()
+    def generate_padded(
+        self,
+        enc: dict[str, Any],
+        max_new_tokens: int,
+        *,
+        num_return_sequences: int | Sequence[int] = 1,
+        eos_token_id: int | list[int] | None = None,
+        **kw: Any,
+    ) -> torch.Tensor:
+        """``fastdecode.StaticDecoder.generate``'s contract over a processor batch: new tokens
+        (sum(copies), max_new_tokens), a prompt's copies adjacent (they share the whole prompt), eos-padded after a
+        row's eos. GRPO's rollouts (``rollout_engine: batch``)."""
+        base = requests_from_batch(self.model, enc)
+        copies = (
+            [num_return_sequences] * len(base) if isinstance(num_return_sequences, int) else list(num_return_sequences)
+        )
+        if len(copies) != len(base) or any(c < 1 for c in copies):
+            raise ValueError(f"num_return_sequences {num_return_sequences!r} for {len(base)} prompts")
+        reqs = [Request(r.ids, r.positions, r.vision, r.ids.numel(), ("prompt", i))
+                for i, r in enumerate(base) for _ in range(copies[i])]  # fmt: skip
+        outs = self.generate(reqs, max_new_tokens, eos_token_id=eos_token_id, **kw)
+        eos = eos_token_id[0] if isinstance(eos_token_id, list | tuple) else eos_token_id
+        pad = int(eos) if eos is not None else 0
+        out = torch.full((len(reqs), max_new_tokens), pad, dtype=torch.long)
+        for i, o in enumerate(outs):
+            out[i, : len(o)] = torch.tensor(o, dtype=torch.long)
+        return out.to(self.device)
+
     def _sync(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -785,7 +818,10 @@ class BatchDecoder:
         own = [r.ids.numel() - (r.share if self.share_kv else 0) for r in requests]
         total = self._bucket(max(own) + max_new_tokens + reserve_tokens)
         pool_len = self._bucket(max([r.share for r in requests] + [1]))
-        n_pool = self.prefix_slots + (1 if self.share_kv else 0)  # + one that stays empty
+        # no more prefix slots than the call has distinct shared prefixes
+        n_keys = len({(r.share_key, r.share) for r in requests if r.share})
+        n_slots = max(1, min(self.prefix_slots, n_keys))
+        n_pool = n_slots + (1 if self.share_kv else 0)  # + one that stays empty
         s = self._buffers(min(self.max_batch, len(requests)), total, max_new_tokens, n_pool, pool_len)
         if self.attention == "efficient" and not self._attention_checked:
             self._check_attention()
@@ -797,13 +833,13 @@ class BatchDecoder:
         s.done.fill_(True)
         s.n.zero_()
         s.plen.zero_()
-        self._pool = [{"key": None, "rows": set()} for _ in range(self.prefix_slots)]
-        self._empty_entry = self.prefix_slots * self.rows_per_prefix  # entry 0 of the slot that stays empty
+        self._pool = [{"key": None, "rows": set()} for _ in range(n_slots)]
+        self._empty_entry = n_slots * self.rows_per_prefix  # entry 0 of the slot that stays empty
         self._row_entry: dict[int, tuple[int, int]] = {}
         self.scores = [None] * len(requests)
         self.stats = {"prefix_prefills": 0, "prefix_hits": 0, "prefill_tokens": 0, "decode_steps": 0,
                       "row_steps": 0, "admissions": 0, "scored": 0, "slots": s.tok.shape[0], "cache_len": total,
-                      "pool_slots": self.prefix_slots if self.share_kv else 0, "pool_len": pool_len,
+                      "pool_slots": n_slots if self.share_kv else 0, "pool_len": pool_len,
                       "share_kv": self.share_kv, "attention": self.attention,
                       "prefill_s": 0.0, "decode_s": 0.0}  # fmt: skip
         # group members adjacent (first appearance of the key), so few prefixes are alive at a time

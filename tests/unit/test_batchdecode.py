@@ -277,3 +277,22 @@ def test_manual_attention_with_lse_merges_to_full_softmax():
     o2, l2 = pr._attend_lse(q, k[:, :, 4:], v[:, :, 4:], bias[..., 4:])
     assert torch.isneginf(l1[1]).all() and (o1[1] == 0).all()
     torch.testing.assert_close(BatchDecoder._merge(o1, l1, o2, l2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_padded_keeps_the_static_decoders_contract(loaded):
+    """GRPO's call (a processor batch, copies per prompt, eos padding) gives the StaticDecoder's tokens."""
+    from vqinsight.fastdecode import StaticDecoder
+
+    model, processor = loaded
+    enc = _encode(processor, MIXED[:3])
+    sup = vision_token_ids(model)
+    ref = StaticDecoder(model).generate(enc, 12, do_sample=False, num_return_sequences=[2, 1, 3],
+                                        suppress_token_ids=sup)  # fmt: skip
+    dec = BatchDecoder(model, max_batch=8)
+    got = dec.generate_padded(enc, 12, do_sample=False, num_return_sequences=[2, 1, 3], suppress_token_ids=sup)
+    assert torch.equal(got, ref)
+    eos = int(ref[0, 4])
+    ref_eos = StaticDecoder(model).generate(enc, 12, do_sample=False, eos_token_id=eos, suppress_token_ids=sup)
+    got_eos = dec.generate_padded(enc, 12, do_sample=False, eos_token_id=[eos], suppress_token_ids=sup)
+    assert torch.equal(got_eos, ref_eos)
+    assert dec.stats["prefix_prefills"] == 3

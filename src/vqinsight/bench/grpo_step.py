@@ -705,7 +705,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=Path("results/bench/grpo_step.json"))
     ap.add_argument("--size", choices=("7b", "3b", "tiny"), default="7b")
     ap.add_argument("--task", choices=("comparison", "video_score"), default="comparison")
-    ap.add_argument("--rollout-engine", choices=("hf", "static"), default="hf", help="VideoGRPOTrainer rollouts")
+    ap.add_argument(
+        "--rollout-engine", choices=("hf", "static", "batch"), default="hf", help="VideoGRPOTrainer rollouts"
+    )
     ap.add_argument(
         "--rollout-compile",
         action=argparse.BooleanOptionalAction,

@@ -85,8 +85,8 @@ class Recipe:
                 "attn_implementation must be sdpa, eager, flash_attention_2 or flash_attention_3 (or absent), "
                 f"got {self.attn_implementation!r}"
             )
-        if self.rollout_engine not in ("hf", "static"):
-            raise ValueError(f"rollout_engine must be 'hf' or 'static', got {self.rollout_engine!r}")
+        if self.rollout_engine not in ("hf", "static", "batch"):
+            raise ValueError(f"rollout_engine must be 'hf', 'static' or 'batch', got {self.rollout_engine!r}")
         if self.rollout_compile is not None and not isinstance(self.rollout_compile, bool):
             raise ValueError(f"rollout_compile must be true or false (or absent), got {self.rollout_compile!r}")
         if self.rollout_compile and self.rollout_engine != "static":

@@ -577,7 +577,9 @@ class VideoGRPOTrainer(GRPOTrainer):
       / video of a forward (a group's G rows share their media), and a frozen tower's features (LoRA, or the
       reference model) are kept for the whole generation batch; the features reach the model as transformers'
       ``mm_encoder_outputs``. Gradients of a trained tower flow through the shared features.
-    * ``rollout_engine``: ``"hf"`` (transformers ``generate()``, TRL's path) or ``"static"``
+    * ``rollout_engine``: ``"hf"`` (transformers ``generate()``, TRL's path), ``"batch"``
+      (``vqinsight.batchdecode.BatchDecoder``: a prompt's copies read its KV cache from one shared slot) or
+      ``"static"``
       (``vqinsight.fastdecode.StaticDecoder``: static KV cache, device-side sampling, CUDA graph on GPU; ordered and
       shuffled rollouts). It reads the live weights (LoRA adapters included), so nothing is copied after an update;
       under DeepSpeed ZeRO-3 a fresh decoder is built per call, as the gathered weights move between calls.
@@ -648,19 +650,21 @@ class VideoGRPOTrainer(GRPOTrainer):
         if outside_answer_weight > 1:
             raise ValueError(f"outside_answer_weight must be in [0, 1], got {outside_answer_weight!r}")
         self.outside_answer_weight = float(outside_answer_weight)
-        if rollout_engine not in ("hf", "static"):
-            raise ValueError(f"rollout_engine must be 'hf' or 'static', got {rollout_engine!r}")
+        if rollout_engine not in ("hf", "static", "batch"):
+            raise ValueError(f"rollout_engine must be 'hf', 'static' or 'batch', got {rollout_engine!r}")
         self.rollout_engine = rollout_engine
         if rollout_compile and rollout_engine != "static":
             raise ValueError("rollout_compile needs rollout_engine 'static' (it compiles the StaticDecoder's step)")
         self.rollout_compile = None if rollout_compile is None else bool(rollout_compile)
         self.share_vision = bool(share_vision)
         # the merged batch needs per-row media (share_vision) and the static engine's generate()
-        self.merge_shuffled_rollouts = bool(merge_shuffled_rollouts) and rollout_engine == "static" and share_vision
+        self.merge_shuffled_rollouts = (
+            bool(merge_shuffled_rollouts) and rollout_engine in ("static", "batch") and share_vision
+        )
         self._pending_shuffled: PendingShuffled | None = None
         self._vision_cache: dict[tuple, torch.Tensor] = {}
         self._decoder: Any = None
-        if rollout_engine == "static":
+        if rollout_engine in ("static", "batch"):
             self._check_static_engine()
         self._media_ctx: list[dict[str, Any]] | None = None  # per-row media of the forward being run
         self._capture_media = False  # set while TRL tokenizes the ordered prompts
@@ -732,7 +736,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _static_media(self) -> bool:
         """Whether rollouts read their media from ``_gen_media`` (the static engine's generate() wrapper) rather
         than from the processor fields TRL hands to ``generate()``."""
-        return self.rollout_engine == "static"
+        return self.rollout_engine in ("static", "batch")
 
     def _tokenize_prompts(self, prompts: list) -> tuple[list, Any, dict[str, Any]]:
         """TRL's tokenization; on the ordered-prompt call, also keep the per-row media for the forwards.
@@ -791,7 +795,14 @@ class VideoGRPOTrainer(GRPOTrainer):
             raise ValueError(f"rollout_engine 'static' supports temperature and top_p sampling only; got {bad}")
 
     def _static_decoder(self, model: Any) -> Any:
+        from vqinsight.batchdecode import BatchDecoder
         from vqinsight.fastdecode import StaticDecoder
+
+        if self.rollout_engine == "batch":  # a prompt's copies share its cache (the pool); built per call under ZeRO-3
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            if self._decoder is None or self._decoder.model is not base:
+                self._decoder = BatchDecoder(base, max_batch=4096)
+            return self._decoder
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: layers keep LoRA
         zero3 = (
@@ -806,7 +817,7 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """TRL's transformers path, with ``generate()`` served by the StaticDecoder when rollout_engine is static."""
-        if self.rollout_engine != "static":
+        if self.rollout_engine not in ("static", "batch"):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
@@ -857,7 +868,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                 keep = trainer._gen_media is trainer._captured_media  # ordered prompts: frozen features stay cached
                 with torch.no_grad():
                     inputs.update(trainer._shared_media_inputs(model, media, rows_ids, keep=keep))
-            new = trainer._static_decoder(model).generate(
+            decoder = trainer._static_decoder(model)
+            gen = decoder.generate_padded if trainer.rollout_engine == "batch" else decoder.generate
+            new = gen(
                 {"input_ids": rows_ids, "attention_mask": rows_mask, **inputs},
                 int(g.max_new_tokens),
                 do_sample=bool(g.do_sample),
