@@ -15,7 +15,7 @@ from vqinsight.bench import smoke
 REPO = Path(__file__).resolve().parents[2]
 #: keys a smoke recipe may change (dotted paths), per paper recipe
 ALLOWED = {
-    "stage1": {"trainer.max_steps", "eval.n"},
+    "stage1": {"trainer.max_steps", "trainer.save_steps", "eval.n"},  # save_steps: the kill-and-resume test
     "sft": {"trainer.max_steps", "eval.n"},
     "dpo": {"max_steps", "save_every"},
 }

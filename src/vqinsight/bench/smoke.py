@@ -58,9 +58,7 @@ PRIORITY: list[tuple[str, dict[str, str]]] = [
     ("judge_predict", {"system": "vqinsight", "benchmark": "genaibench"}),
     ("sft_baseline", {}),
     ("clip_predict", {}),
-    ("grpo_stage2", {"task_model": "naturalvideo", "variant": "full"}),
-    ("grpo_stage2", {"task_model": "aigcvideo", "variant": "full"}),
-]
+]  # the other stage-2 jobs follow in dependency order, after the judges that need only the base model
 
 
 # ------------------------------------------------------------------------------------------------------- plan
