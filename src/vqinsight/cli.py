@@ -29,6 +29,7 @@ from typing import Any
 from .api import IMAGE_SUFFIXES, TASK_NAMES, VIDEO_SUFFIXES, Judge, MediaError, job_key
 from .judge.engine import MAX_NEW_TOKENS
 from .progress import progress
+from .serve import add_server_args, serve_command
 
 log = logging.getLogger("vqinsight.cli")
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
@@ -109,7 +110,6 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(j)
     s = sub.add_parser("serve", help="serve the judge over HTTP (JSON); see vqinsight.serve")
     _add_model_args(s)
-    from .serve import add_server_args
 
     add_server_args(s)
     return ap
@@ -339,7 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.command == "judge":
             return judge_command(a)
-        from .serve import serve_command
 
         return serve_command(a, load_judge)
     except (UsageError, FileNotFoundError) as e:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .progress import progress
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
@@ -417,7 +419,6 @@ class FrameCache:
 
     def warm(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> list[tuple[str, str]]:
         """Fill the cache for ``paths`` (``workers`` spawned processes); return (path, error) for failed files."""
-        from .progress import progress
 
         todo = [str(p) for p in dict.fromkeys(str(p) for p in paths)]
         jobs = [(self._params(), p) for p in todo]

@@ -55,7 +55,12 @@ import numpy as np
 import torch
 from transformers import CLIPModel
 
-from ..records import Item, append_records, expand, ground_truth, load_predictions, read_done
+from ..media import MediaLoader, add_media_args, media_spec
+from ..models.load import check_local_dir, looks_local
+from ..progress import progress
+from ..provenance import atomic_write_text, write_meta
+from ..records import Item, append_records, expand, ground_truth, load_predictions, read_done, select_rows, to_records
+from ..training import seed_everything
 
 log = logging.getLogger("vqinsight.baselines.clip")
 
@@ -94,7 +99,6 @@ def _embeds(out: Any) -> torch.Tensor:
 
 
 def _is_local(name_or_path: str) -> bool:
-    from ..models.load import looks_local
 
     return Path(name_or_path).expanduser().exists() or looks_local(name_or_path)
 
@@ -110,7 +114,6 @@ def check_model(name_or_path: str) -> None:
             f"`python -m vqinsight.models.tiny_clip --out {name_or_path}`; for the paper download the weights, e.g. "
             f"`huggingface-cli download openai/clip-vit-base-patch16 --local-dir {name_or_path}`."
         )
-    from ..models.load import check_local_dir
 
     check_local_dir(path)
 
@@ -285,7 +288,6 @@ class Scorer:
 
 def finalize(partial: Path, out: Path, keys: list[str]) -> int:
     """Write the partial file's records of `keys` (first occurrence, in `keys` order) atomically to `out`."""
-    from ..provenance import atomic_write_text
 
     by_key: dict[str, dict[str, Any]] = {}
     for rec in load_predictions(partial):
@@ -306,7 +308,6 @@ def finalize(partial: Path, out: Path, keys: list[str]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from ..media import add_media_args
 
     ap = argparse.ArgumentParser(prog="python -m vqinsight.baselines.clip", description=__doc__.split("\n")[0])
     ap.add_argument("--metric", required=True, choices=METRICS)
@@ -343,12 +344,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     from importlib import metadata
-
-    from ..media import MediaLoader, media_spec
-    from ..progress import progress
-    from ..provenance import write_meta
-    from ..records import select_rows, to_records
-    from ..training import seed_everything
 
     if a.threads:
         torch.set_num_threads(a.threads)

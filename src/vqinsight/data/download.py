@@ -18,6 +18,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from ..progress import progress as progress_bar
+
 log = logging.getLogger("vqinsight.download")
 CHUNK = 1 << 20
 
@@ -87,7 +89,6 @@ def _open(url: str, offset: int, timeout: float):
 def _copy_stream(
     src, part: Path, mode: str, have: int, max_bytes: int | None, url: str, total: int | None, progress: bool = True
 ) -> None:
-    from ..progress import progress as progress_bar
 
     with (
         open(part, mode) as out,

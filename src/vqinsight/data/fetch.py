@@ -20,10 +20,12 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..progress import progress
 from ..provenance import atomic_write_json
 from .download import DownloadError, extract, fetch_url
 from .preflight import check_native
 from .registry import get as get_dataset
+from .synthetic import generate_dataset
 
 log = logging.getLogger("vqinsight.fetch")
 
@@ -64,8 +66,6 @@ def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], m
 
     import polars as pl
 
-    from ..progress import progress
-
     cols, names = list(media["columns"]), list(media.get("name_columns") or [])
     if names and len(names) != len(cols):
         raise ValueError(f"media_urls.name_columns must match columns one to one: {names} vs {cols}")
@@ -105,7 +105,6 @@ def _download_media(raw: Path, media: dict[str, Any], mirrors: dict[str, str], m
 
 
 def _synthetic(key: str, raw: Path, spec: dict[str, Any]) -> list[str]:
-    from .synthetic import generate_dataset
 
     syn = dict(spec.get("synthetic") or {})
     summary = generate_dataset(key, raw, **syn)

@@ -31,6 +31,8 @@ from typing import Any
 
 from ..jsonl import iter_objects
 from ..provenance import atomic_write_bytes, atomic_write_text
+from ..t2v.model import encode_frames
+from ..video import read_frames
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +261,6 @@ class LatentCache:
 
     def encode(self, video_path: str | Path):
         """Encode a video without the cache: float32 CPU latents (4, F, h, w)."""
-        from ..t2v.model import encode_frames
-        from ..video import read_frames
 
         c = self.gen.config
         frames = read_frames(video_path, c.num_frames, backend=self.backend)

@@ -58,6 +58,7 @@ import yaml
 
 from ..config import recipe_from_mapping
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from ..t2v.model import check_layout, encode_prompts, load_generator, save_generator
 from ..training import (
     COMPLETE,
     PREEMPTED_EXIT_CODE,
@@ -69,6 +70,7 @@ from ..training import (
     latest_checkpoint,
     prune_checkpoints,
 )
+from ..video import MediaError
 from .data import LatentCache, read_pairs, read_videodpo
 
 log = logging.getLogger("vqinsight.dpo")
@@ -452,7 +454,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _check_inputs(a: argparse.Namespace) -> str | None:
     """The first missing input, described, or None."""
-    from ..t2v.model import check_layout
 
     try:
         check_layout(a.model)
@@ -489,7 +490,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from ..video import MediaError
 
     try:
         pairs = load_pairs(a)
@@ -515,7 +515,6 @@ def _train(a: argparse.Namespace, recipe: Recipe, pairs: list[dict[str, Any]], f
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from ..t2v.model import encode_prompts, load_generator, save_generator
     from ..t2v.scheduler import T2VTurboScheduler, w_embedding
     from .loss import diffusion_dpo_loss, implicit_accuracy, min_snr_weights, per_sample_mse
 

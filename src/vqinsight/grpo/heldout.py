@@ -14,6 +14,7 @@ import numpy as np
 from .. import metrics
 from ..media import MediaLoader
 from ..parsing import completion_text, extract_answer, is_well_formed, parse_choice, parse_dimensions, parse_score
+from ..progress import progress
 from .data import encode_batch
 
 log = logging.getLogger("vqinsight.heldout")
@@ -35,7 +36,6 @@ def generate(
     import torch
 
     from ..models.load import vision_token_ids
-    from ..progress import progress
 
     out: list[str] = []
     was_training = model.training

@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vqinsight.provenance import atomic_write_text
+from vqinsight.report.figures import write_figures
+from vqinsight.report.html import write_html
+from vqinsight.report.learning import write_learning
+from vqinsight.report.tables import write_table6, write_tables
 
 log = logging.getLogger("vqinsight.report")
 
@@ -106,8 +110,6 @@ def write_provenance(metas: Sequence[Path], root: Path, out: Path) -> Path:
     import io
     import json
 
-    from vqinsight.provenance import atomic_write_text
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["result", "created", "git_sha", "device", *PROVENANCE_PACKAGES, "command"])
@@ -138,12 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "tables":
-            from vqinsight.report.tables import write_tables
-
             written = write_tables(args.metrics, args.reported, args.out_dir, demo=args.demo)
         elif args.command == "table6":
-            from vqinsight.report.tables import write_table6
-
             pairs = []
             for item in args.evals:
                 key, sep, path = item.partition("=")
@@ -152,18 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pairs.append((key, path))
             written = write_table6(pairs, args.reported, args.out_dir, demo=args.demo)
         elif args.command == "figures":
-            from vqinsight.report.figures import write_figures
-
             written = write_figures(args.metrics, args.curves, args.out_dir, dpi=args.dpi)
         elif args.command == "html":
-            from vqinsight.report.html import write_html
-
             written = write_html(args.tables, args.out_dir, args.only)
         elif args.command == "provenance":
             written = [write_provenance(args.meta, args.root, args.out)]
         elif args.command == "learning":
-            from vqinsight.report.learning import write_learning
-
             evals = {}
             for item in args.models:
                 label, sep, path = item.partition("=")

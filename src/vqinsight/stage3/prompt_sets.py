@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.manifest import load_manifest
 from ..jsonl import dumps as jsonl_dumps
 from ..provenance import atomic_write_text, write_meta
 
@@ -67,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..data.manifest import load_manifest
 
     try:
         df = load_manifest(a.manifest)

@@ -51,7 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from ..provenance import atomic_write_json, write_meta
+from ..jsonl import dumps as jsonl_dumps
+from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from ..video import MediaError, probe, read_frames
 from .index import read_index
 
 log = logging.getLogger("vqinsight.stage3.vbench")
@@ -316,7 +318,6 @@ def run_vbench(
 
 
 def _read_all_frames(path: str) -> np.ndarray:
-    from ..video import probe, read_frames
 
     n = probe(path, backend="pyav")["frames"]
     return read_frames(path, n, backend="pyav")
@@ -324,7 +325,6 @@ def _read_all_frames(path: str) -> np.ndarray:
 
 def demo_scores(index_rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(per-dimension mean, per-video values) of the weight-free dimensions over the indexed videos."""
-    from ..video import MediaError
 
     per_video = []
     for r in index_rows:
@@ -425,8 +425,6 @@ def cmd_prompts(a: argparse.Namespace) -> int:
     if full_info is None:
         full_info = Path(_import_vbench().__file__).resolve().parent / "VBench_full_info.json"
     rows = standard_prompts(full_info)
-    from ..jsonl import dumps as jsonl_dumps
-    from ..provenance import atomic_write_text
 
     atomic_write_text(a.out, jsonl_dumps(rows))
     log.info("wrote %d VBench standard prompts from %s to %s", len(rows), full_info, a.out)

@@ -58,6 +58,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..provenance import write_meta
+from .model import COMPONENTS, Generator, GeneratorConfig, save_generator
+
 log = logging.getLogger("vqinsight.t2v.convert")
 
 COND_PROJ_PREFIX = "time_embedding.cond_proj."
@@ -237,8 +240,6 @@ def convert(
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .model import COMPONENTS, Generator, GeneratorConfig, save_generator
-
     base, lora, out = Path(base), Path(lora), Path(out)
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: base model directory not found")
@@ -295,7 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         log.error("%s", e)
         return 2
-    from ..provenance import write_meta
 
     write_meta(out / "convert.meta.json", {k: str(v) for k, v in vars(a).items()})
     log.info("wrote the T2V-Turbo (MS) generator to %s", out)

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import iter_objects
+from ..provenance import atomic_write_json, atomic_write_text, write_meta
+from ..video import write_video
+from .model import CONFIG_NAME, GeneratorConfig, check_layout, load_generator
 
 log = logging.getLogger("vqinsight.t2v.sample")
 
@@ -97,7 +100,6 @@ def reconcile(out: Path, settings: dict[str, Any], prompts: dict[str, str]) -> i
 
     No record (videos of unknown origin) or different settings: every ``*/NN.mp4`` goes; same settings: only the
     videos of prompts whose text changed. Returns the number of files deleted."""
-    from ..provenance import atomic_write_json
 
     path = out / SETTINGS_NAME
     old: dict[str, Any] | None = None
@@ -157,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.prompts.is_file():
         log.error("%s: prompts file not found", a.prompts)
         return 2
-    from .model import CONFIG_NAME, GeneratorConfig, check_layout
 
     try:
         c = GeneratorConfig.read(check_layout(a.model) / CONFIG_NAME)
@@ -169,9 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..provenance import atomic_write_text, write_meta
-    from ..video import write_video
-    from .model import load_generator
     from .pipeline import sample_videos
 
     if a.threads:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..provenance import write_meta
 from .model import Generator, GeneratorConfig, save_generator
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..provenance import write_meta
 
     gen = build_tiny_generator(seed=a.seed, num_frames=a.frames, height=a.size[0], width=a.size[1], steps=a.steps)
     save_generator(gen, a.out)

@@ -29,6 +29,8 @@ from vqinsight.data.synthetic.degrade import Degradations, Mix, make_item, sampl
 from vqinsight.data.synthetic.scenes import SceneSpec, describe, random_scene
 from vqinsight.video import write_video
 
+from ...progress import progress
+
 log = logging.getLogger(__name__)
 
 # Order fixes each dataset's seed index; append new keys at the end only.
@@ -160,7 +162,6 @@ class Ctx:
 
     def run(self, jobs: list[Job]) -> dict[str, Done]:
         """Render and write every job (threads: ffmpeg and PIL run outside the GIL); results keyed by ``rel``."""
-        from ...progress import progress
 
         def one(job: Job) -> Done:
             rng = np.random.default_rng(np.random.SeedSequence(list(job.seed)))
