@@ -21,15 +21,15 @@ from transformers import AutoProcessor
 from trl import GRPOConfig
 from trl.trainer.utils import get_callable_name
 
-from vqinsight.grpo.reward_funcs import NamedReward, build_correctness, build_reward_funcs, make_length_reward
-from vqinsight.grpo.trainer import (
-    VideoGRPOTrainer,
-    _fold_column_images,
+from vqinsight.grpo.batch import (
     assign_media_keys,
     count_media,
+    fold_column_images,
     shuffle_video_frames,
     split_media_per_row,
 )
+from vqinsight.grpo.reward_funcs import NamedReward, build_correctness, build_reward_funcs, make_length_reward
+from vqinsight.grpo.trainer import VideoGRPOTrainer
 from vqinsight.models.tiny import build_tiny
 from vqinsight.parsing import completion_text
 
@@ -498,7 +498,7 @@ def test_static_rollout_engine_refuses_unsupported_sampling(tiny_dir: Path, tmp_
 
 
 def test_answer_token_weights_cover_the_answer_content_only() -> None:
-    from vqinsight.grpo.trainer import answer_token_weights
+    from vqinsight.grpo.batch import answer_token_weights
     from vqinsight.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
@@ -563,7 +563,7 @@ def test_with_both_orders_balances_labels() -> None:
 
 
 def test_order_units_pair_each_swapped_copy_with_its_original() -> None:
-    from vqinsight.grpo.trainer import order_units
+    from vqinsight.grpo.sampler import order_units
 
     ids = ["p0", "p0|BA", "s0", "p1", "p1|BA", "x|BA"]  # "x|BA" has no original before it: a unit of its own
     assert order_units(ids) == [[0, 1], [2], [3, 4], [5]]
@@ -571,7 +571,7 @@ def test_order_units_pair_each_swapped_copy_with_its_original() -> None:
 
 @pytest.mark.parametrize("batch_size", [2, 4, 6])
 def test_unit_sampler_keeps_both_orders_in_one_batch(batch_size: int) -> None:
-    from vqinsight.grpo.trainer import UnitRepeatSampler
+    from vqinsight.grpo.sampler import UnitRepeatSampler
 
     units = [[0, 1], [2], [3, 4], [5, 6], [7], [8, 9], [10, 11], [12]]
     sampler = UnitRepeatSampler(units, mini_repeat_count=3, batch_size=batch_size, repeat_count=2, seed=1)
@@ -593,7 +593,7 @@ def test_unit_sampler_keeps_both_orders_in_one_batch(batch_size: int) -> None:
 def test_unit_sampler_length_counts_only_the_rows_it_yields() -> None:
     """Pairs that cannot fill a chunk sit out the epoch; len() must count what iteration yields (TRL's epoch and
     max_steps estimates read it), and asking for it must not change the order."""
-    from vqinsight.grpo.trainer import UnitRepeatSampler
+    from vqinsight.grpo.sampler import UnitRepeatSampler
 
     units = [[0, 1], [2], [3, 4], [5, 6], [7, 8]]  # 9 rows: batches of 4 leave 1 or more rows out
     for seed in range(6):
@@ -609,7 +609,7 @@ def test_unit_sampler_length_counts_only_the_rows_it_yields() -> None:
 def test_trainer_samples_both_orders_together_without_building_prompts(tiny_dir: Path, tmp_path: Path) -> None:
     from trl.trainer.utils import RepeatSampler
 
-    from vqinsight.grpo.trainer import UnitRepeatSampler
+    from vqinsight.grpo.sampler import UnitRepeatSampler
 
     trainer = make_trainer(tiny_dir, tmp_path, [0], per_device_train_batch_size=8)  # 2 prompts of G = 4
 
@@ -695,7 +695,7 @@ def test_static_rollouts_equal_transformers_generate_when_greedy(tiny_dir: Path,
             generation_kwargs={"do_sample": False},
         )
         rows = [trainer.train_dataset[i] for i in range(len(ROWS))]
-        prompts = [_fold_column_images(dict(r))["prompt"] for r in rows]
+        prompts = [fold_column_images(dict(r))["prompt"] for r in rows]
         with torch.no_grad():
             ids, images, fields = trainer._tokenize_prompts(prompts)
             outs[engine] = trainer._generate_single_turn(ids, images, fields, 1)[0]
@@ -709,7 +709,7 @@ def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tm
     field, and the static engine's prefill (vision tower once per distinct item) gives generate()'s greedy rollouts."""
     from trl import GRPOTrainer
 
-    from vqinsight.grpo.trainer import prompt_runs
+    from vqinsight.grpo.batch import prompt_runs
 
     kw = dict(per_device_train_batch_size=8, num_generations=2, max_completion_length=12)
     static = make_trainer(tiny_dir, tmp_path / "s", list(range(len(ROWS))), rollout_engine="static",
@@ -717,7 +717,7 @@ def test_repeated_prompts_are_processed_once_with_trls_result(tiny_dir: Path, tm
     hf = make_trainer(tiny_dir, tmp_path / "h", list(range(len(ROWS))), rollout_engine="hf",
                       generation_kwargs={"do_sample": False}, **kw)  # fmt: skip
     rows = [static.train_dataset[i] for i in range(len(ROWS))]
-    base = [_fold_column_images(dict(r))["prompt"] for r in rows]
+    base = [fold_column_images(dict(r))["prompt"] for r in rows]
     prompts = [p for p in base for _ in range(3)] + [base[0]]  # runs of 3, then a lone copy of the first prompt
     assert prompt_runs(prompts) == [3] * len(base) + [1]
     media_fields = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"}
@@ -867,7 +867,7 @@ def test_merged_shuffled_rollouts_train_and_a_lost_merge_is_an_error(tiny_dir: P
 
 
 def test_uniform_copies_needs_equal_tokens_padding_and_media_keys_in_runs_of_one_length() -> None:
-    from vqinsight.grpo.trainer import uniform_copies
+    from vqinsight.grpo.batch import uniform_copies
 
     ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])
     mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
