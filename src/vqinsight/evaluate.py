@@ -8,8 +8,9 @@ Metrics (src/vqinsight/metrics.py has the definitions):
 - comparison: ``tau`` (tie-calibrated accuracy acc23 with its threshold ``tau_epsilon``), ``diff`` (accuracy on
   human-non-tied pairs), the accuracy-vs-epsilon curve, and the swap-flip rate (pairs whose verdict changes when
   the two videos are exchanged, among pairs parsed in both orders). The per-pair margin is described in
-  src/vqinsight/judge.py: the mean over both orders of P(first better) − P(second better) (``--margin prob``), the
-  vote share (``--margin votes``), or the baseline's own score difference (CLIP baselines write ``margin``).
+  src/vqinsight/judge/engine.py: the mean over both orders of P(first better) − P(second better) (``--margin
+  prob``), the vote share (``--margin votes``), or the baseline's own score difference (CLIP baselines write
+  ``margin``).
 - image/video score: SRCC, KRCC, PLCC (raw) and PLCC after the 4-parameter logistic fit (``plcc_logistic``).
 - multi-dimension score: SRCC/KRCC/PLCC per dimension (spatial, temporal, alignment).
 - yes/no questions: accuracy.
