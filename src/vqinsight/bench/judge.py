@@ -35,6 +35,7 @@ import gc
 import itertools
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,8 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
                               cache_items=len(videos), **kw)  # fmt: skip
             jb._eos_ids = lambda: []  # as generation_config.eos_token_id = None for generate()
             jb.batch.timing = True
+            if a.cuda_graph is not None:
+                jb.batch.use_cuda_graph = a.cuda_graph
             jb.generate(rows[:2], limits=[4, 4])  # kernels and allocator warm (the real shape is captured below)
             ctx["t_vis"] = fill(jb)
             res["vision"] = {"videos": len(videos), "s": ctx["t_vis"], "s_per_video": ctx["t_vis"] / len(videos)}
@@ -334,9 +337,16 @@ def run(a: argparse.Namespace, res: dict[str, Any]) -> None:
         for name in [x for x in a.phases.split(",") if x]:
             if name not in run_phase:
                 raise ValueError(f"unknown phase {name!r}; valid: {', '.join(run_phase)}")
-            run_phase[name]()
-            ratio(name)
-            probe(name)
+            try:
+                run_phase[name]()
+                ratio(name)
+                probe(name)
+            except Exception:  # noqa: BLE001 - one phase failing (an OOM, a kernel) must not lose the others
+                res.setdefault("phase_errors", {})[name] = traceback.format_exc()[-3000:]
+                log.exception("phase %s failed", name)
+                for obj in (ctx["jb"],):
+                    if obj is not None:
+                        free(obj)
             atomic_write_json(a.out, res)
 
 
@@ -373,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe", type=int, default=4, help="divergent rows whose logits are recomputed per engine")
     ap.add_argument("--phases", default="batch,static,generate,naive,margin,mixed,variants",
                     help="phases to run, in this order (each written to --out as it ends)")  # fmt: skip
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="batch engine: replay the decode step as a CUDA graph (default: on CUDA)")  # fmt: skip
     ap.add_argument("--variants", default="",
                     help="batch engine again with other slot counts, e.g. '270,135:copy' (copy: the shared prefix "
                     "copied into every row instead of the pool)")  # fmt: skip
