@@ -72,6 +72,11 @@ def row_requests(judge: Any, rows: list[dict[str, Any]], limits: list[int] | Non
     # rows of one prompt differ only in which media fill the placeholders: their tokens and positions are the same
     # when the media have the same token counts and grids, so each (text, media shapes) is tokenised once
     cache = judge.__dict__.setdefault("_request_cache", {})
+    media = []  # every media item of the call, processed in threads before the rows are tokenised
+    for r in rows:
+        kind, mt = ("image" if r["media_type"] == "image" else "video"), r["media_type"]
+        media += [((m, mt), kind, lambda m=m, mt=mt: judge.loader(m, mt)) for m in r["media"]]
+    judge.vision.prefetch(media)
     out = []
     for i, row in enumerate(rows):
         text, entries = judge.expand_prompt(row)

@@ -133,11 +133,18 @@ class VisionCache:
             self.hits += 1
             return entry
         self.misses += 1
+        return self._encode(key, kind, self._process(kind, load))
+
+    def _process(self, kind: str, load) -> Any:
+        """The processor's output for one media item (CPU work: decoding, resizing, normalising)."""
         block = f"<|vision_start|>{_PAD_TOKENS[kind]}<|vision_end|>"
         media = load()
-        enc = self.processor(
+        return self.processor(
             text=[block], **({"images": [media]} if kind == "image" else {"videos": [media]}), return_tensors="pt"
         )
+
+    def _encode(self, key: tuple[str, str], kind: str, enc: Any) -> MediaEntry:
+        """The vision tower over one processed item; the new entry, cached."""
         pad_id = self.processor.tokenizer.convert_tokens_to_ids(_PAD_TOKENS[kind])
         n_tokens = int((enc["input_ids"] == pad_id).sum())
         pix, grid = (
@@ -156,6 +163,26 @@ class VisionCache:
         while len(self.entries) > self.max_items:
             self.entries.popitem(last=False)
         return entry
+
+    def prefetch(self, items: list[tuple[tuple[str, str], str, Any]], workers: int = 8) -> None:
+        """Encode the (key, kind, load) items not cached yet (at most max_items): the loading and the processor's
+        CPU work in ``workers`` threads, the vision tower after them in order. The batch engine calls it for a
+        whole call's media before tokenising, so the frames of many videos are prepared at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo, seen = [], set()
+        for key, kind, load in items:
+            if key not in self.entries and key not in seen:
+                seen.add(key)
+                todo.append((key, kind, load))
+        todo = todo[: self.max_items]
+        if not todo:
+            return
+        with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+            encs = list(pool.map(lambda item: self._process(item[1], item[2]), todo))
+        for (key, kind, _), enc in zip(todo, encs, strict=True):
+            self.misses += 1
+            self._encode(key, kind, enc)
 
 
 class Judge:
