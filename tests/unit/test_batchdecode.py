@@ -296,3 +296,16 @@ def test_generate_padded_keeps_the_static_decoders_contract(loaded):
     got_eos = dec.generate_padded(enc, 12, do_sample=False, eos_token_id=[eos], suppress_token_ids=sup)
     assert torch.equal(got_eos, ref_eos)
     assert dec.stats["prefix_prefills"] == 3
+
+
+def test_an_attention_kernel_that_cannot_run_falls_back_to_matmul(loaded):
+    """attention="efficient" where PyTorch's memory-efficient kernel does not run (here: the CPU): checked on
+    first use, then the matmul attention, with the same tokens."""
+    model, processor = loaded
+    rows, keys = _pairs(2)
+    reqs = requests_from_batch(model, _encode(processor, rows), keys=keys)
+    dec = BatchDecoder(model, max_batch=2, attention="efficient")
+    assert dec.generate(reqs, 6) == BatchDecoder(model, max_batch=2).generate(reqs, 6)
+    assert dec.attention == "manual"
+    with pytest.raises(ValueError, match="attention must be"):
+        BatchDecoder(model, attention="flash")
