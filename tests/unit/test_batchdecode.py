@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vqinsight.batchdecode import BatchDecoder, Request, Score, requests_from_batch
+from vqinsight.batchdecode import BatchDecoder
+from vqinsight.batchrequests import Request, Score, requests_from_batch
 from vqinsight.models.load import load_model_and_processor, vision_token_ids
 from vqinsight.models.tiny import build_tiny
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..answer_format import answer_prefix
-from ..batchdecode import Request, Score, first_block_end, rope_positions
+from ..batchrequests import Request, Score, first_block_end, rope_positions
 
 
 def _runs(types: torch.Tensor) -> list[tuple[int, int, int]]:
