@@ -19,11 +19,14 @@ and decodes it to its longest row):
   the whole batch, so memory goes to the KV cache and ``max_batch`` can be 128 or more on the 7B.
 - **Prefix sharing.** Requests with the same ``share_key`` share their first ``share`` tokens (identical ids,
   positions and vision features: the judge's system prompt + first video, in both orders of a pair; GRPO's copies
-  of one prompt). The shared prefix is prefilled once into a prefix store and copied into each member's slot;
-  only the member's own suffix is prefilled. Requests are admitted grouped by key, so one store slot suffices.
-- **Decode step** as in ``StaticDecoder``: static cache, plain RoPE after the text tail, one
-  ``scaled_dot_product_attention`` per layer with the query heads of a KV group as query rows, sampling and eos
-  bookkeeping on the device, the whole step captured once as a CUDA graph on CUDA.
+  of one prompt). The shared prefix is prefilled once into one of ``prefix_slots`` pool slots; each member's own
+  cache holds only its suffix and new tokens. Requests are admitted grouped by key, so few prefixes live at once.
+- **Decode step** as in ``StaticDecoder`` (static cache, plain RoPE after the text tail, the query heads of a KV
+  group as query rows, sampling and eos bookkeeping on the device, the step captured once as a CUDA graph), with
+  **cascade attention**: each row attends to its own cache and to its prefix's pool slot (the queries of a slot's
+  rows gathered into one attention call), and the two parts are merged by their log-sum-exp. A prefix's keys and
+  values are read once per step for all its rows, and stored once. ``share_kv=False`` copies the prefix into every
+  member's cache instead (one attention call per layer, more KV to store and read).
 - **Early exit.** The loop ends when every request is done; with eos off, a request's ``max_new_tokens`` ends it
   (the benchmark's forced lengths).
 
