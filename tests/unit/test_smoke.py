@@ -234,7 +234,7 @@ def test_run_packs_gpu_jobs_by_their_memory_estimates_and_caps_the_job_count(tmp
     s = _spans(tmp_path)
     # job 2 (60 GiB) waits for job 1 (60 + 60 > 76) and holds back job 3 behind it, though 60 + 12 would fit;
     # the CPU job runs beside job 1
-    assert s["2"][0] >= s["1"][1] and s["3"][0] >= s["2"][0]
+    assert s["2"][0] >= s["1"][1] and s["3"][0] >= s["1"][1]
     assert s["4"][0] < s["1"][1] and jobs["cpu"]["concurrent"] >= 1
     jobs = _run(tmp_path, plan, "--max-jobs", "3", "--gpu-budget-gib", "76")
     assert {j["status"] for j in jobs.values()} == {"done before"}
@@ -289,3 +289,20 @@ def test_plan_adds_the_model_writes_as_jobs_that_loaders_wait_for(tmp_path):
     assert models[-2]["output"] == ["m/text-to-video-ms-1.7b", "m/T2V-Turbo-MS/unet_lora.pt"]
     assert "--only t2v" in models[-2]["shell"] and models[-1]["gpu"] == 1
     assert plan["schedule"].index(-1) < plan["schedule"].index(3)
+
+
+def test_run_takes_an_empty_output_directory_for_missing(tmp_path, monkeypatch):
+    """The dry run needs the model directories to exist; left empty, the job that writes them still runs."""
+    monkeypatch.chdir(tmp_path)
+    Path("m/vlm").mkdir(parents=True)
+    plan = _plan(
+        tmp_path,
+        [
+            {"rule": "models", "jobid": 1, "output": ["m/vlm"], "log": ["1.log"],
+             "shell": "mkdir -p m/vlm && echo {} > m/vlm/config.json"},
+            {"rule": "judge", "jobid": 2, "input": ["m/vlm"], "output": ["p"], "log": ["2.log"], "shell": "touch p"},
+        ],
+    )  # fmt: skip
+    jobs = _run(tmp_path, plan)
+    assert jobs["models"]["status"] == jobs["judge"]["status"] == "ok"
+    assert Path("m/vlm/config.json").is_file()

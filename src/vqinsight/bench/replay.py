@@ -107,6 +107,13 @@ def _evidence(path: str) -> list[str]:
     return [ln[:300] for ln in lines if EVIDENCE.search(ln)][:12]
 
 
+def _made(path: str) -> bool:
+    """An output counts as made if it exists, a directory only if it is not empty (empty model directories are
+    what the dry run needs where the weights are not written yet)."""
+    p = Path(path)
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -149,7 +156,7 @@ class Running:
         self.rec.update(
             rc=self.proc.returncode,
             wall_s=round(time.perf_counter() - self.t0, 1),
-            ok=self.proc.returncode == 0 and all(Path(o).exists() for o in job["output"]),
+            ok=self.proc.returncode == 0 and all(_made(o) for o in job["output"]),
             evidence=_evidence(job["log"][0]) if job["log"] else [],
         )
         if not self.rec["ok"] and self.rec["killed"] != "checkpoint":
@@ -227,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             needs = [n for n in job["needs"] if n in entries]  # jobs left out by --rules: their files are checked
             if e["status"] != "pending":
                 continue
-            if all(Path(o).exists() for o in job["output"]) and not any(n in running for n in needs):
+            if all(_made(o) for o in job["output"]) and not any(n in running for n in needs):
                 e["status"], finished[jid], changed = "done before", True, True
             elif any(finished.get(n) is False for n in needs):
                 e["status"], finished[jid], changed = "skipped: an input job failed", False, True
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                 e["status"], changed = "not run: deadline", True
             elif not all(n in finished for n in needs):
                 continue
-            elif missing := [i for i in job["input"] if not Path(i).exists()]:
+            elif missing := [i for i in job["input"] if not _made(i)]:
                 e["status"] = f"not run: inputs missing ({', '.join(missing[:3])})"
                 finished[jid], changed = False, True
             elif len(running) < args.max_jobs:
