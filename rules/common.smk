@@ -128,6 +128,11 @@ TASK_MODELS = list(GRPO["stage2"]["task_models"])
 BUILD_TINY = "tiny" in config["model"]
 
 
+def warm_start_answers(cfg):
+    """`--answers` of a format warm start, where the config sets it (the command's default otherwise)."""
+    return f"--answers {cfg['answers']}" if "answers" in cfg else ""
+
+
 def media_args(wildcards):
     """Frame sampling / pixel budget / scale arguments shared by every command that decodes media."""
     d = config["data"]

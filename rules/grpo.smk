@@ -50,10 +50,11 @@ if BUILD_TINY:
             steps=config["model"]["warm_start"]["steps"],
             batch_size=config["model"]["warm_start"]["batch_size"],
             lr=config["model"]["warm_start"]["lr"],
+            answers=warm_start_answers(config["model"]["warm_start"]),
             seed=config["seed"],
             media=media_args,
         shell:
-            "python -m vqinsight.grpo.warmstart --base {input.tiny:q} --out {output.model:q} "
+            "python -m vqinsight.grpo.warmstart --base {input.tiny:q} --out {output.model:q} {params.answers} "
             "--manifests {input.manifests:q} --tasks {params.tasks} --steps {params.steps} "
             "--batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} --threads {threads} "
             "{params.media} > {log:q} 2>&1"
@@ -123,10 +124,11 @@ if "format_warm_start" in GRPO["stage2"]:
             steps=GRPO["stage2"]["format_warm_start"]["steps"],
             batch_size=GRPO["stage2"]["format_warm_start"]["batch_size"],
             lr=GRPO["stage2"]["format_warm_start"]["lr"],
+            answers=warm_start_answers(GRPO["stage2"]["format_warm_start"]),
             seed=config["seed"],
             media=media_args,
         shell:
-            "python -m vqinsight.grpo.warmstart --base {params.start:q} --out {output.model:q} "
+            "python -m vqinsight.grpo.warmstart --base {params.start:q} --out {output.model:q} {params.answers} "
             "--manifests {input.manifests:q} --tasks {params.tasks} --steps {params.steps} "
             "--batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} --threads {threads} "
             "{params.media} > {log:q} 2>&1"

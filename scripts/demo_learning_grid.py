@@ -59,8 +59,10 @@ def claims(m: dict) -> dict[str, bool | None]:
     """
     out: dict[str, bool | None] = {}
     s1 = m.get("stage1")
-    out["stage1: SRCC 0 -> >= 0.3"] = (
-        None if s1 is None else (abs(s1["before"]["srcc"]) <= 0.2 and s1["after"]["srcc"] >= 0.3)
+    # the warm start must not already rank the right way (a negative SRCC is no head start: greedy answers of a
+    # near-uniform start follow tiny image-dependent differences, either way)
+    out["stage1: SRCC <= 0.2 -> >= 0.3"] = (
+        None if s1 is None else (s1["before"]["srcc"] <= 0.2 and s1["after"]["srcc"] >= 0.3)
     )
     c = m.get("comp")
     out["comp: +15 points, both letters"] = (
@@ -88,7 +90,16 @@ def build_base(workdir: Path, configfile: Path, jobs: int) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     log.info(f"building the demo data in {base}")
     smk(
-        ["--configfile", str(configfile), "--cores", str(jobs), "--", *data_targets(configfile)],
+        [
+            "--configfile",
+            str(configfile),
+            "--cores",
+            str(jobs),
+            "--rerun-triggers",
+            "mtime",
+            "--",
+            *data_targets(configfile),
+        ],
         base,
         _env(),
         base / "grid.log",

@@ -41,6 +41,10 @@ def _stage2(tmp_path, patch):
     return lambda c: c["grpo"]["stage2"].update(recipe=_recipe(tmp_path, "demo_stage2.yaml", patch))
 
 
+def _stage1(tmp_path, patch):
+    return lambda c: c["grpo"]["stage1"].update(recipe=_recipe(tmp_path, "demo_stage1.yaml", patch))
+
+
 # (config patch (given tmp_path), the file the message must name ("cfg" = the config file), needles)
 CASES = {
     "benchmark task_model typo drops Table 2/4 rows": (
@@ -87,9 +91,10 @@ CASES = {
         lambda t: _stage2(t, lambda r: r["trainer"].update(save_step=50)),
         "bad_demo_stage2.yaml", ["trainer.save_step: not an argument of TRL's GRPOConfig", "save_steps"],
     ),
+    # (stage 1: the demo's stage-2 task models each set their own scheduler, which overrides the shared recipe's)
     "scheduler name typo": (
-        lambda t: _stage2(t, lambda r: r["trainer"].update(lr_scheduler_type="cosin")),
-        "bad_demo_stage2.yaml", ["trainer.lr_scheduler_type: 'cosin' is not a scheduler", "cosine, cosine_with"],
+        lambda t: _stage1(t, lambda r: r["trainer"].update(lr_scheduler_type="cosin")),
+        "bad_demo_stage1.yaml", ["trainer.lr_scheduler_type: 'cosin' is not a scheduler", "cosine, cosine_with"],
     ),
     "reward name typo": (
         lambda t: _stage2(t, lambda r: r["rewards"].update(lenght=1.0)),

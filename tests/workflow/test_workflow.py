@@ -226,7 +226,8 @@ def test_stage1_judge_learns_the_score_by_grpo(demo_run):
     (make test-learning-avx2)."""
     res = _eval(demo_run, "stage1/model")
     before, after = res["before"]["image_score"], res["after"]["image_score"]
-    assert before["format_rate"] >= 0.95 and abs(before["srcc"]) <= 0.2, before
+    # the warm start does not rank the right way already (its near-uniform greedy answers may rank either way)
+    assert before["format_rate"] >= 0.95 and before["srcc"] <= 0.2, before
     assert after["format_rate"] >= 0.9 and after["srcc"] >= 0.3, after
     assert (demo_run / "results/demo/grpo/stage1/model/curves.csv").is_file()
 
