@@ -219,10 +219,11 @@ def _eval(demo_run: Path, model: str) -> dict:
 @pytest.mark.slow
 @DEMO_TIMEOUT
 def test_stage1_judge_learns_the_score_by_grpo(demo_run):
-    """Acceptance: held-out SRCC rises from ~0 (format-only warm start, random answers) to >= 0.3 by GRPO.
+    """Acceptance: held-out SRCC rises to >= 0.3 by GRPO from a format-only warm start that does not rank the images.
 
-    Seed 0 (the demo's) reaches 0.49-0.55 under both CPU float orders of the grid in docs/DEMO_LEARNING.md, which
-    also says on how many other seeds the claim holds. CI runs it uncapped and with the kernels capped at AVX2
+    Seed 0 (the demo's) reaches 0.60-0.71 under both CPU float orders of the grid in docs/DEMO_LEARNING.md, which
+    also says on how many other seeds the claim holds. Its warm start's greedy answers may rank the images either way
+    (seed 0: -0.5), so "before" only bounds the right way. CI runs it uncapped and with the kernels capped at AVX2
     (make test-learning-avx2)."""
     res = _eval(demo_run, "stage1/model")
     before, after = res["before"]["image_score"], res["after"]["image_score"]
@@ -250,7 +251,7 @@ def test_stage2_comparison_judge_learns_a_verdict_by_grpo(demo_run):
 def test_stage2_video_score_models_rank_held_out_videos(demo_run):
     """The video score models rank held-out videos: `naturalvideo` on LSVQ (what stage 1 transferred, kept at lr
     1e-4, beta 0.04) and `aigcvideo` on LGVQ's spatial dimension (learned by GRPO), SRCC >= 0.3 each. Seed 0 gives
-    0.56-0.61 for both under both CPU float orders of docs/DEMO_LEARNING.md's grid."""
+    0.55-0.65 and 0.47-0.60 under the two CPU float orders of docs/DEMO_LEARNING.md's grid."""
     natural = _eval(demo_run, "stage2/naturalvideo/full/model")["after"]["video_score"]
     assert natural["srcc"] >= 0.3, natural
     aigc = _eval(demo_run, "stage2/aigcvideo/full/model")["after"]["multidim_score"]

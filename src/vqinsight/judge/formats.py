@@ -28,7 +28,7 @@ FORMAT_CANDIDATES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     "unifiedreward_think": {"comparison": {"A": ("Video 1",), "B": ("Video 2",)}},
 }
 
-# Prompts of the officially released VQ-Insight checkpoints (their demo scripts; anchors-mission.md §1.3): used to
+# Prompts of the officially released VQ-Insight checkpoints (their demo scripts in xuanyuzhang21/VQ-Insight): used to
 # evaluate those checkpoints as they were trained. Their scores are on 0-100 (multi-dimension keys spatial, temporal,
 # consistency); a record keeps that answer (`pred_released`) and maps it linearly onto the run's scale (`pred`,
 # `scale_map`): RELEASE_SCALE -> data.score_scale.
