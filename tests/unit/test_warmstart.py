@@ -72,17 +72,7 @@ def test_uniform_loss_is_the_expectation_of_the_sampled_answers_loss() -> None:
 def test_labels_cover_the_completion_and_free_choice_frees_the_verdict_letter(monkeypatch) -> None:
     tok = build_tokenizer()
     prompt = "PROMPT "
-
-    def fake_encode(processor, rows, loader, style, scale, suffixes=None, padding_side="left") -> dict[str, Any]:
-        ids = [tok(prompt + s, add_special_tokens=False)["input_ids"] for s in suffixes]
-        width = max(map(len, ids))
-        pad = tok.pad_token_id
-        return {
-            "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-            "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
-        }
-
-    monkeypatch.setattr(warmstart, "encode_batch", fake_encode)
+    monkeypatch.setattr(warmstart, "encode_batch", _fake_encode(tok, prompt))
     rows = [{"task": "comparison"}, {"task": "video_score"}, {"task": "comparison"}]
     processor = SimpleNamespace(tokenizer=tok)
     results = {}
