@@ -5,7 +5,7 @@ CPU (another float summation order in the kernels) or with another seed can end 
 is only worth stating if it holds across both. This script measures that:
 
     python scripts/demo_learning_grid.py --workdir /tmp/grid --seeds 0 1 2 3 4 --float-orders best avx2 \
-        --jobs 2 --out docs/demo_learning_grid.json
+        --jobs 2 --out docs/bench/demo_learning_grid.json
 
 * The demo's data (every manifest and frame cache) and the untrained tiny model are built once, in
   ``<workdir>/base``, by the demo DAG itself.
