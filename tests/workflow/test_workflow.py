@@ -250,8 +250,8 @@ def test_stage2_comparison_judge_learns_a_verdict_by_grpo(demo_run):
 @DEMO_TIMEOUT
 def test_stage2_video_score_models_rank_held_out_videos(demo_run):
     """The video score models rank held-out videos: `naturalvideo` on LSVQ (what stage 1 transferred, kept at lr
-    1e-4, beta 0.04) and `aigcvideo` on LGVQ's spatial dimension (learned by GRPO), SRCC >= 0.3 each. Seed 0 gives
-    0.55-0.65 and 0.47-0.60 under the two CPU float orders of docs/DEMO_LEARNING.md's grid."""
+    1e-4, beta 0.2) and `aigcvideo` on LGVQ's spatial dimension (learned by GRPO), SRCC >= 0.3 each. Seed 0 gives
+    0.55-0.63 and 0.47-0.60 under the two CPU float orders of docs/DEMO_LEARNING.md's grid."""
     natural = _eval(demo_run, "stage2/naturalvideo/full/model")["after"]["video_score"]
     assert natural["srcc"] >= 0.3, natural
     aigc = _eval(demo_run, "stage2/aigcvideo/full/model")["after"]["multidim_score"]
