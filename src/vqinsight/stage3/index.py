@@ -188,3 +188,12 @@ def winrate_manifest(
     df = to_frame(rows)
     validate_manifest(df, where=f"{dataset} win-rate manifest")
     return df
+
+
+def parse_pair_id(sample_id: str) -> tuple[str, int, int]:
+    """(prompt_id, i, j) of a ``pair_id``; anything else is an error naming it."""
+    pid, sep, ij = sample_id.rpartition("|")
+    i, dash, j = ij.partition("-")
+    if not (sep and pid and dash and i.isdigit() and j.isdigit() and int(i) < int(j)):
+        raise ValueError(f"{sample_id!r} is not a stage-3 pair id '<prompt_id>|<i>-<j>' (i < j)")
+    return pid, int(i), int(j)

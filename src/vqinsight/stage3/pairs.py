@@ -33,20 +33,25 @@ pair, video i wins an order when that order's verdict names it (AB: "A"; BA: "B"
 gives ``W = 0.5`` to both. ``wins = W.sum(1)``; the win video is the argmax (ties: larger margin sum
 ``M.sum(1)``, then lower position), the lose video the argmin (ties: smaller margin sum, then higher position).
 
-**Tournament.** ``--mode tournament`` selects with the classic simultaneous max-min algorithm (pair the videos,
-winners compete for the max, losers for the min: ⌈3N/2⌉ − 2 comparisons, Pohl 1972), here run on the round-robin
-outcomes (``better(i, j) = W[i, j] > 0.5``; an exact tie favours the lower position), so that its agreement with
-the round robin can be measured on the same judgments; the summary reports it in either mode. Both modes need the
-predictions of every pair. Where a non-transitive judge makes the tournament's max and min the same video, the
-round robin's choice is used for that prompt (counted as ``degenerate``).
+**Tournament.** ``--mode tournament`` selects with the simultaneous max-min algorithm (Pohl 1972;
+``selection.MaxMin``): round 1 pairs the videos (positions 0-1, 2-3, ...; with odd N the last joins both brackets),
+then the pair winners play a knockout for the best and the pair losers one for the worst, ⌈3N/2⌉ − 2 comparisons in
+1 + ⌈log2 ⌈N/2⌉⌉ rounds. A comparison is the pair's outcome above (both orders, a split decided by the margin); an
+exact tie favours the lower position. The predictions may hold only the tournament's pairs (the stage-3 judge job
+with ``pairing: tournament`` judges just those, round by round: ``stage3.tournament``) or every pair (then the
+summary also gives the tournament's agreement with the round robin on the same verdicts). Where a non-transitive
+judge makes the tournament's max and min the same video, the round-robin rule over the judged pairs decides for
+that prompt (with every pair judged, the round robin's choice; counted as ``degenerate``).
 
 **Outputs.** ``select`` writes one line per prompt, sorted by prompt_id: ``{"prompt_id", "prompt", "win",
 "lose", "win_index", "lose_index", "indices", "wins", "margin"}`` (``wins`` aligned with ``indices``; ``margin``
 is ``M[win, lose]``) and a summary JSON (counts, unparsable share, swap-flip rate: the share of pairs parsed in
-both orders whose two verdicts name the same position, and the tournament's agreement with the round robin).
+both orders whose two verdicts name the same position, and the tournament's agreement with the round robin). In
+tournament mode ``wins`` counts the judged pairs only and ``margin`` is null where the win and lose videos were
+never compared.
 
 ``refine`` builds the judge-refinement set Ĉ of the united finetuning: for every prompt of the previous round's
-pairs C_r, the best of the new samples S (round robin over the judge's predictions on S's pair manifest) against
+pairs C_r, the best of the new samples S (by ``--mode``, as in ``select``, over the judge's predictions on S) against
 C_r's lose video, labelled as won by the new video. The media order is drawn per prompt from a RNG seeded with
 ``(seed, prompt_id)`` (gt_choice "A", preference 1 when the new video is first; "B", −1 otherwise), so a prompt's
 order does not depend on which other prompts are present. Rows: ``<dataset>/train/<prompt_id>``, split "train".
@@ -115,7 +120,7 @@ def cmd_manifest(a: argparse.Namespace) -> int:
 def cmd_select(a: argparse.Namespace) -> int:
     rows = read_index(a.index)
     by_key = _load_predictions(a.predictions)
-    results = win_matrices(by_key, rows)
+    results = win_matrices(by_key, rows, complete=a.mode == "round_robin")
     lines, summary = select(results, a.mode)
     used = {
         f"{pair_id(pid, r.indices[x], r.indices[y])}|{o}"
@@ -144,7 +149,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
     pairs = read_pairs(a.pairs)
     rows = read_index(a.index)
     by_key = _load_predictions(a.predictions)
-    df = refine_manifest(pairs, rows, by_key, a.dataset, a.seed, source_file=str(a.pairs))
+    df = refine_manifest(pairs, rows, by_key, a.dataset, a.seed, source_file=str(a.pairs), mode=a.mode)
     _write_parquet(a.out, df)
     first_new = int((df["gt_choice"] == "A").sum())
     write_meta(a.out.with_suffix(".meta.json"), _config(a), rows=df.height, new_video_first=first_new)
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dataset", required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--mode", choices=MODES, default="round_robin", help="how the new samples' best is chosen")
     p.set_defaults(func=cmd_refine)
 
     p = sub.add_parser("winrate-manifest", help="a-vs-b comparison rows for the same (prompt_id, index)")

@@ -1,6 +1,7 @@
-"""Stage 3's win/lose selection from the judge's predictions on a prompt's round robin (paper Eq. 8), the max-min
-tournament on the same outcomes, the judge-refinement set, and the win rate of one generator over another with a
-bootstrap CI. ``vqinsight.stage3.pairs`` (the command) describes the rules.
+"""Stage 3's win/lose selection from the judge's predictions on a prompt's round robin (paper Eq. 8) or on the
+pairs of its max-min tournament (``MaxMin``, played round by round by ``stage3.tournament``), the judge-refinement
+set, and the win rate of one generator over another with a bootstrap CI. ``vqinsight.stage3.pairs`` (the command)
+describes the rules.
 """
 
 from __future__ import annotations
@@ -88,26 +89,28 @@ def _pair_records(
 
 
 def _matrix(
-    by_key: Mapping[str, Mapping[str, Any]], prompt_id: str, indices: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray, list[PairOutcome]]:
+    by_key: Mapping[str, Mapping[str, Any]], prompt_id: str, indices: Sequence[int], complete: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[PairOutcome], np.ndarray]:
     k = len(indices)
-    W, M = np.zeros((k, k)), np.zeros((k, k))
+    W, M, judged = np.zeros((k, k)), np.zeros((k, k)), np.zeros((k, k), dtype=bool)
     outcomes, missing = [], []
     for a in range(k):
         for b in range(a + 1, k):
             sid = pair_id(prompt_id, indices[a], indices[b])
             ab, ba = _pair_records(by_key, sid)
             if ab is None or ba is None:
-                missing.append(f"{sid} (no {'/'.join(o for o, r in (('AB', ab), ('BA', ba)) if r is None)})")
+                if complete or ab is not None or ba is not None:  # one order only is an error in either mode
+                    missing.append(f"{sid} (no {'/'.join(o for o, r in (('AB', ab), ('BA', ba)) if r is None)})")
                 continue
             o = pair_outcome(ab, ba)
             W[a, b], W[b, a] = o.first, 1.0 - o.first
             M[a, b], M[b, a] = o.margin, -o.margin
+            judged[a, b] = judged[b, a] = True
             outcomes.append(o)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(f"prompt {prompt_id}: no judgment for pair(s) {', '.join(missing[:5])}{more}")
-    return W, M, outcomes
+    return W, M, outcomes, judged
 
 
 def win_matrix(
@@ -123,7 +126,7 @@ def win_matrix(
     """
     indices = list(range(n)) if isinstance(n, int) else list(n)
     by_key = records if isinstance(records, Mapping) else index_records(records)
-    W, M, _ = _matrix(by_key, prompt_id, indices)
+    W, M, _, _ = _matrix(by_key, prompt_id, indices)
     return W, M
 
 
@@ -134,18 +137,29 @@ class PromptResult:
     W: np.ndarray
     M: np.ndarray
     outcomes: list[PairOutcome]
+    judged: np.ndarray | None = None  # (n, n) bool: pairs with both orders judged; None: every pair
 
     @property
     def indices(self) -> list[int]:
         return [r["index"] for r in self.rows]
+
+    @property
+    def complete(self) -> bool:
+        """Every pair of the prompt judged (a round robin)."""
+        return self.judged is None or bool(self.judged.sum() == len(self.rows) * (len(self.rows) - 1))
 
 
 def win_matrices(
     records: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
     index_rows: Iterable[Mapping[str, Any]],
     prompts: Iterable[str] | None = None,
+    complete: bool = True,
 ) -> dict[str, PromptResult]:
-    """The round robin of every prompt of the index (or only of ``prompts``), sorted by prompt_id."""
+    """The round robin of every prompt of the index (or only of ``prompts``), sorted by prompt_id.
+
+    ``complete=False`` accepts prompts of which only some pairs were judged (a tournament's): W and M hold the
+    judged pairs, the others are 0 and ``judged`` tells them apart. A pair judged in one order only is an error.
+    """
     by_key = records if isinstance(records, Mapping) else index_records(records)
     groups = by_prompt(index_rows)
     wanted = sorted(groups) if prompts is None else sorted(set(prompts))
@@ -154,8 +168,8 @@ def win_matrices(
         raise ValueError(f"prompt(s) not in the sample index: {unknown[:10]}")
     out = {}
     for pid in wanted:
-        W, M, outcomes = _matrix(by_key, pid, [r["index"] for r in groups[pid]])
-        out[pid] = PromptResult(pid, groups[pid], W, M, outcomes)
+        W, M, outcomes, judged = _matrix(by_key, pid, [r["index"] for r in groups[pid]], complete)
+        out[pid] = PromptResult(pid, groups[pid], W, M, outcomes, judged)
     return out
 
 
@@ -181,38 +195,90 @@ def select_win_lose(W: np.ndarray, M: np.ndarray) -> tuple[int, int, np.ndarray]
     return best, worst, wins
 
 
-def tournament(n: int, better: Callable[[int, int], bool]) -> tuple[int, int, int]:
-    """(best, worst, comparisons) of n items by the simultaneous max-min algorithm: ⌈3n/2⌉ − 2 comparisons.
+def _bracket_pairs(items: Sequence[int]) -> list[tuple[int, int]]:
+    return [(items[k], items[k + 1]) for k in range(0, len(items) - 1, 2)]
 
-    Items are compared in pairs (0, 1), (2, 3), ...; the pair winners compete for the max, the losers for the
-    min, and with odd n the last item joins both. ``better(i, j)`` is True when i is better than j.
+
+def _knockout(items: Sequence[int], outcomes: Sequence[bool], keep_better: bool) -> list[int]:
+    pairs = _bracket_pairs(items)
+    out = [(i if o else j) if keep_better else (j if o else i) for (i, j), o in zip(pairs, outcomes, strict=True)]
+    return out + ([items[-1]] if len(items) % 2 else [])
+
+
+class MaxMin:
+    """The simultaneous max-min tournament of n items (Pohl 1972), played round by round: ⌈3n/2⌉ − 2 comparisons.
+
+    Round 1 pairs the items (0, 1), (2, 3), ...; with odd n the last item joins both brackets. Then the pair
+    winners play a knockout for the max and the pair losers one for the min, each bracket paired in order with a bye
+    for its last item when it is odd, both brackets in the same round: 1 + ⌈log2 ⌈n/2⌉⌉ rounds. ``pending()`` is a
+    round's comparisons (i, j), always i < j; ``advance(outcomes)`` takes, for each, whether i is better than j.
+    Every comparison is of a different pair, so a judged pair is never needed twice.
     """
-    if n < 1:
-        raise ValueError(f"need at least one item, got {n}")
-    count = 0
 
-    def beats(i: int, j: int) -> bool:
-        nonlocal count
-        count += 1
-        return bool(better(i, j))
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one item, got {n}")
+        self.n, self.comparisons, self.rounds = n, 0, 0
+        self.winners: list[int] | None = None  # the max bracket after round 1, then after each knockout round
+        self.losers: list[int] | None = None
 
-    winners, losers = [], []
-    for k in range(0, n - 1, 2):
-        a, b = (k, k + 1) if beats(k, k + 1) else (k + 1, k)
-        winners.append(a)
-        losers.append(b)
-    if n % 2:
-        winners.append(n - 1)
-        losers.append(n - 1)
-    best = winners[0]
-    for w in winners[1:]:
-        if beats(w, best):
-            best = w
-    worst = losers[0]
-    for lo in losers[1:]:
-        if beats(worst, lo):
-            worst = lo
-    return best, worst, count
+    @property
+    def done(self) -> bool:
+        return self.winners is not None and len(self.winners) == 1 and len(self.losers) == 1
+
+    @property
+    def best(self) -> int:
+        if not self.done:
+            raise ValueError("the tournament is not finished")
+        return self.winners[0]
+
+    @property
+    def worst(self) -> int:
+        if not self.done:
+            raise ValueError("the tournament is not finished")
+        return self.losers[0]
+
+    def pending(self) -> list[tuple[int, int]]:
+        """This round's comparisons: round 1's pairs, later the max bracket's pairs and then the min bracket's."""
+        if self.done:
+            return []
+        if self.winners is None:
+            return [(k, k + 1) for k in range(0, self.n - 1, 2)]
+        return _bracket_pairs(self.winners) + _bracket_pairs(self.losers)
+
+    def advance(self, outcomes: Sequence[bool]) -> None:
+        """Play this round: ``outcomes[k]`` is True when the first item of ``pending()[k]`` is the better one."""
+        todo = self.pending()
+        if self.done:
+            raise ValueError("the tournament is already finished")
+        if len(outcomes) != len(todo):
+            raise ValueError(f"round {self.rounds + 1} has {len(todo)} comparison(s), got {len(outcomes)} outcome(s)")
+        self.comparisons += len(todo)
+        self.rounds += 1
+        if self.winners is None:
+            self.winners = [i if o else j for (i, j), o in zip(todo, outcomes, strict=True)]
+            self.losers = [j if o else i for (i, j), o in zip(todo, outcomes, strict=True)]
+            if self.n % 2:
+                self.winners.append(self.n - 1)
+                self.losers.append(self.n - 1)
+            return
+        k = len(self.winners) // 2
+        self.winners = _knockout(self.winners, outcomes[:k], keep_better=True)
+        self.losers = _knockout(self.losers, outcomes[k:], keep_better=False)
+
+
+def tournament(n: int, better: Callable[[int, int], bool]) -> tuple[int, int, int]:
+    """(best, worst, comparisons) of n items by ``MaxMin``, round by round; ``better(i, j)`` is True when i is
+    better than j."""
+    t = MaxMin(n)
+    while not t.done:
+        t.advance([bool(better(i, j)) for i, j in t.pending()])
+    return t.best, t.worst, t.comparisons
+
+
+def tournament_rounds(n: int) -> int:
+    """1 + ⌈log2 ⌈n/2⌉⌉, the rounds of ``MaxMin`` (n ≥ 2)."""
+    return 1 + math.ceil(math.log2(math.ceil(n / 2))) if n >= 2 else 1
 
 
 def tournament_comparisons(n: int) -> int:
@@ -225,28 +291,64 @@ def matrix_better(W: np.ndarray) -> Callable[[int, int], bool]:
     return lambda i, j: bool(W[i, j] > 0.5 or (W[i, j] == 0.5 and i < j))
 
 
+def judged_better(r: PromptResult) -> Callable[[int, int], bool]:
+    """``matrix_better`` of a prompt's judged pairs; asking for a pair that was not judged is an error naming it."""
+    better = matrix_better(r.W)
+
+    def f(i: int, j: int) -> bool:
+        if r.judged is not None and not r.judged[i, j]:
+            a, b = sorted((r.indices[i], r.indices[j]))
+            sid = pair_id(r.prompt_id, a, b)
+            raise ValueError(f"prompt {r.prompt_id}: the tournament needs pair {sid}, which was not judged")
+        return better(i, j)
+
+    return f
+
+
+def pick(r: PromptResult, mode: str) -> tuple[int, int, tuple[int, int, int] | None]:
+    """(best, worst, the tournament's (best, worst, comparisons) or None) positions of one prompt in a mode.
+
+    round_robin: ``select_win_lose``. tournament: ``tournament`` on the judged pairs; where a non-transitive judge
+    makes its max and min the same video, ``select_win_lose`` over the judged pairs decides (with every pair judged,
+    the round robin's choice).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    n = len(r.rows)
+    if mode == "round_robin" and not r.complete:
+        raise ValueError(f"prompt {r.prompt_id}: round robin needs all {n * (n - 1) // 2} pairs judged")
+    best, worst, _ = select_win_lose(r.W, r.M)
+    t = tournament(n, judged_better(r)) if (mode == "tournament" or r.complete) else None
+    if mode == "tournament" and t[0] != t[1]:
+        best, worst = t[0], t[1]
+    return best, worst, t
+
+
 def select(results: Mapping[str, PromptResult], mode: str = "round_robin") -> tuple[list[dict], dict[str, Any]]:
-    """(win/lose lines, summary) for round-robin results (module doc)."""
+    """(win/lose lines, summary) for the judged pairs of each prompt (module doc; ``pick`` per prompt)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     lines = []
-    agree_best = agree_worst = agree_both = degenerate = t_comparisons = 0
+    agree_best = agree_worst = agree_both = degenerate = t_comparisons = n_complete = rr_comparisons = 0
     outcomes: list[PairOutcome] = []
     small = [pid for pid, r in results.items() if len(r.rows) < 2]
     if small:
         raise ValueError(f"prompt(s) with fewer than 2 videos: {small[:10]}")
     for pid, r in results.items():
-        best, worst, wins = select_win_lose(r.W, r.M)
-        tb, tw, c = tournament(len(r.rows), matrix_better(r.W))
-        t_comparisons += c
-        agree_best += tb == best
-        agree_worst += tw == worst
-        agree_both += tb == best and tw == worst
-        if mode == "tournament":
-            if tb == tw:
-                degenerate += 1
-            else:
-                best, worst = tb, tw
+        n = len(r.rows)
+        best, worst, t = pick(r, mode)
+        rr_comparisons += n * (n - 1) // 2
+        if t is not None:
+            t_comparisons += t[2]
+            degenerate += mode == "tournament" and t[0] == t[1]
+        if r.complete:  # the tournament's agreement with the round robin on the same verdicts
+            rb, rw, _ = select_win_lose(r.W, r.M)
+            n_complete += 1
+            agree_best += t[0] == rb
+            agree_worst += t[1] == rw
+            agree_both += t[0] == rb and t[1] == rw
+        wins = r.W.sum(axis=1)
+        judged = r.judged is None or bool(r.judged[best, worst])
         outcomes += r.outcomes
         lines.append(
             {
@@ -258,7 +360,7 @@ def select(results: Mapping[str, PromptResult], mode: str = "round_robin") -> tu
                 "lose_index": r.rows[worst]["index"],
                 "indices": r.indices,
                 "wins": [float(x) for x in wins],
-                "margin": float(r.M[best, worst]),
+                "margin": float(r.M[best, worst]) if judged else None,
             }
         )
     n_prompts, n_pairs = len(results), len(outcomes)
@@ -275,14 +377,16 @@ def select(results: Mapping[str, PromptResult], mode: str = "round_robin") -> tu
         "n_both_orders_parsed": len(flips),
         "decided_by": {k: decided.get(k, 0) for k in ("both_orders", "margin", "tie")},
         "tournament": {
-            "agree_best": agree_best / n_prompts if n_prompts else None,
-            "agree_worst": agree_worst / n_prompts if n_prompts else None,
-            "agree_both": agree_both / n_prompts if n_prompts else None,
+            "agree_best": agree_best / n_complete if n_complete else None,
+            "agree_worst": agree_worst / n_complete if n_complete else None,
+            "agree_both": agree_both / n_complete if n_complete else None,
             "comparisons": t_comparisons,
-            "round_robin_comparisons": n_pairs,
+            "round_robin_comparisons": rr_comparisons,
             "degenerate": degenerate,
         },
     }
+    if n_complete != n_prompts:
+        summary["tournament"]["prompts_with_every_pair"] = n_complete
     return lines, summary
 
 
@@ -293,8 +397,10 @@ def refine_manifest(
     dataset: str,
     seed: int,
     source_file: str = "",
+    mode: str = "round_robin",
 ) -> pl.DataFrame:
-    """Ĉ: for each prompt of ``pairs`` (C_r), the round-robin best of the new samples vs C_r's lose video."""
+    """Ĉ: for each prompt of ``pairs`` (C_r), the best of the new samples (``pick`` in ``mode``: the round robin's,
+    or the tournament's from its judged pairs) vs C_r's lose video."""
     groups = by_prompt(index_rows)
     missing = sorted(p["prompt_id"] for p in pairs if p["prompt_id"] not in groups)
     if missing:
@@ -303,14 +409,14 @@ def refine_manifest(
     small = sorted(p["prompt_id"] for p in pairs if len(groups[p["prompt_id"]]) < 2)
     if small:
         raise ValueError(f"prompt(s) with fewer than 2 new samples, no round robin possible: {small[:10]}")
-    results = win_matrices(records, index_rows, [p["prompt_id"] for p in pairs])
+    results = win_matrices(records, index_rows, [p["prompt_id"] for p in pairs], complete=mode == "round_robin")
     rows = []
     for p in sorted(pairs, key=lambda p: p["prompt_id"]):
         pid = p["prompt_id"]
         r = results[pid]
         if r.rows[0]["prompt"] != p["prompt"]:
             raise ValueError(f"prompt {pid}: the new samples' prompt text differs from the pairs' ({p['prompt']!r})")
-        best, _, _ = select_win_lose(r.W, r.M)
+        best, _, _ = pick(r, mode)
         new = r.rows[best]
         first_new = random.Random(f"{seed}|{pid}").random() < 0.5
         media = [new["path"], p["lose"]] if first_new else [p["lose"], new["path"]]
