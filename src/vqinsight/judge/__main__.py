@@ -7,6 +7,9 @@
 One JSON line per (row, order). Comparisons are judged in both orders, (A, B) and (B, A), so the report can give
 the swap-flip rate and the margin is free of position bias. The margin (``--margin prob`` or ``votes``) is described
 in ``vqinsight.judge.engine``; the record layout and the resumable ``<out>.partial`` file in ``vqinsight.records``.
+
+``--tournament`` (stage 3's ``pairing: tournament``) judges only the pairs of each prompt's max-min tournament of a
+stage-3 pair manifest, round by round (``vqinsight.stage3.tournament``): ⌈3N/2⌉ − 2 of its C(N, 2) pairs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..progress import progress
 from ..prompts import TASKS
 from ..provenance import write_meta
 from ..records import append_records, expand, read_done, select_rows, to_records
+from ..stage3 import tournament
 from ..training import seed_everything
 from ..vllm_engine import VLLMJudgeEngine
 from .engine import ENGINES, MAX_BATCH, MAX_NEW_TOKENS, open_judge
@@ -83,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--votes", type=int, default=8, help="K sampled judgments per order for --margin votes")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=None, help="judge only the first N rows (seeded order)")
+    ap.add_argument(
+        "--tournament",
+        action="store_true",
+        help="judge only the max-min tournament's pairs of each prompt of a stage-3 pair manifest, round by round "
+        "(the rounds of all prompts together, in chunks of --batch-size; vqinsight.stage3.tournament)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
@@ -115,6 +125,46 @@ def _vllm_engine(a: argparse.Namespace, rows: list[dict[str, Any]]):
     return processor, engine
 
 
+def _open_judge(a: argparse.Namespace, rows: list[dict[str, Any]]):
+    """The judge of the arguments, loaded when the first judgment is to be made."""
+    model = processor = engine = None
+    if a.engine == "vllm":
+        try:
+            processor, engine = _vllm_engine(a, rows)
+        except (RuntimeError, ValueError) as e:
+            raise OSError(str(e)) from e
+    return open_judge(
+        a.model,
+        media_spec(a),
+        fmt=a.format,
+        style=a.style,
+        scale=(a.scale[0], a.scale[1]),
+        max_new_tokens=a.max_new_tokens,
+        engine=a.engine,
+        max_batch=a.max_batch,
+        cache_items=a.vision_cache,
+        compile=a.compile,
+        margin_from_cache=a.margin_from_cache,
+        dtype=a.dtype,
+        trust_remote_code=a.trust_remote_code,
+        vllm=(model, processor, engine) if engine is not None else None,
+    )
+
+
+def _tournament_plan(a: argparse.Namespace, rows: list[dict[str, Any]], partial: Path):
+    """(tournaments, records by key, judgments reused, judgments in all) of ``--tournament``: the rounds that the
+    records of an interrupted run decide are replayed."""
+    if a.limit is not None:
+        raise ValueError("--limit takes rows out of the prompts' pair sets; it does not go with --tournament")
+    plan = tournament.plan(rows)
+    have = tournament.load_partial(partial)
+    resumed = tournament.replay(plan, have)
+    total = tournament.total_judgments(plan)
+    log.info("tournament: %d prompt(s), %d judgments in %d rounds (round robin: %d), %d already done in %s",
+             len(plan), total, tournament.total_rounds(plan), 2 * len(rows), resumed, partial)  # fmt: skip
+    return plan, have, resumed, total
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -124,67 +174,67 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     seed_everything(a.seed)
-    scale = (a.scale[0], a.scale[1])
     try:
         df = select_rows([a.manifest], [a.task], a.split, limit=a.limit, seed=a.seed, drop_ties=False)
     except ValueError as e:
         log.error("%s", e)
         return 2
     rows = sorted(to_records(df), key=lambda r: r["sample_id"])
-    items = expand(rows)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     partial = a.out.with_name(a.out.name + ".partial")
-    done = read_done(partial)
-    todo = [it for it in items if it.key not in done]
-    log.info("%d judgments (%d rows), %d already done in %s", len(items), len(rows), len(done), partial)
-    if todo and a.engine == "vllm":
+    if a.tournament:
         try:
-            model, processor, engine = None, *_vllm_engine(a, rows)
-        except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
+            plan, have, resumed, total = _tournament_plan(a, rows, partial)
+        except ValueError as e:
             log.error("%s", e)
             return 2
-    elif todo:
-        engine = None
-    if todo:
+        needed = any(not p.t.done for p in plan.values())
+    else:
+        items = expand(rows)
+        done = read_done(partial)
+        todo = [it for it in items if it.key not in done]
+        log.info("%d judgments (%d rows), %d already done in %s", len(items), len(rows), len(done), partial)
+        needed, total, resumed = bool(todo), len(items), len(done)
+    extra: dict[str, Any] = {}
+    if needed:
         try:
-            judge = open_judge(
-                a.model,
-                media_spec(a),
-                fmt=a.format,
-                style=a.style,
-                scale=scale,
-                max_new_tokens=a.max_new_tokens,
-                engine=a.engine,
-                max_batch=a.max_batch,
-                cache_items=a.vision_cache,
-                compile=a.compile,
-                margin_from_cache=a.margin_from_cache,
-                dtype=a.dtype,
-                trust_remote_code=a.trust_remote_code,
-                vllm=(model, processor, engine) if engine is not None else None,
-            )
+            judge = _open_judge(a, rows)
         except (FileNotFoundError, OSError) as e:
             log.error("%s", e)
             return 2
-        with progress(total=len(items), initial=len(done), desc=f"judge {a.out.stem}", unit="judgment") as bar:
-            for s in range(0, len(todo), a.batch_size):
-                batch = todo[s : s + a.batch_size]
-                append_records(
-                    partial, judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature)
+        with progress(total=total, initial=resumed, desc=f"judge {a.out.stem}", unit="judgment") as bar:
+            if a.tournament:
+                stats = tournament.judge_rounds(
+                    plan,
+                    lambda batch: judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature),
+                    partial,
+                    have,
+                    batch_size=a.batch_size,
+                    on_judged=bar.update,
                 )
-                bar.update(len(batch))
+                extra = {"pairing": "tournament", "comparisons": stats["comparisons"], "rounds": stats["rounds"]}
+            else:
+                for s in range(0, len(todo), a.batch_size):
+                    batch = todo[s : s + a.batch_size]
+                    append_records(
+                        partial, judge.judge(batch, margin=a.margin, votes_k=a.votes, temperature=a.temperature)
+                    )
+                    bar.update(len(batch))
         if judge.margin_from_cache:
             log.info("margins: %s (rows scored from the generation's cache / prefilled again)", judge.margin_stats)
+    elif a.tournament:
+        extra = {"pairing": "tournament", "comparisons": sum(p.t.comparisons for p in plan.values())}
     partial.touch()
     write_meta(
         a.out.with_name(a.out.name + ".meta.json"),
         {k: str(v) for k, v in vars(a).items()},
         n_rows=len(rows),
-        n_judgments=len(items),
-        resumed_with=len(done),
+        n_judgments=total,
+        resumed_with=resumed,
+        **extra,
     )
     os.replace(partial, a.out)
-    log.info("wrote %s (%d judgments)", a.out, len(items))
+    log.info("wrote %s (%d judgments)", a.out, total)
     return 0
 
 
