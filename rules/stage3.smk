@@ -4,6 +4,7 @@
 # Round r (1..stage3.rounds), chain "united":
 #   samples   S_r   = G_{r-1} on the training prompts, N per prompt        samples/<gen>/train/shard<k>/
 #   judging         = J_{r-1} on all C(N,2) pairs, both orders              judged/<judge>/<gen>/train.jsonl
+#                     (pairing: tournament: only each prompt's max-min tournament pairs, 3N/2-2, round by round)
 #   pairs     C_r   = most/least preferred per prompt (Eq. 8)               pairs/<judge>/<gen>.jsonl
 #   DPO       G_r   = Diffusion-DPO(G_{r-1}, C_r) (Eq. 9)                    generators/united_r<r>/
 #   refine    Ĉ_r   = best of G_r's samples (judged by J_{r-1}) vs C_r's losers
@@ -165,7 +166,7 @@ rule stage3_judge:
         # (.partial), and attempt n gets n times the time
         runtime=lambda wildcards, attempt: 12 * 60 * attempt,
     params:
-        judge=s3_judge_args,
+        judge=s3_samples_judge_args,
         media=media_args,
         trust=trust_flag,
     shell:
@@ -190,7 +191,7 @@ rule stage3_select:
         mem_mb=8000,  # the 450k verdicts of a round, counted per prompt
         runtime=60,
     params:
-        mode=S3.get("pairing", "round_robin"),
+        mode=S3_PAIRING,
     shell:
         "python -m vqinsight.stage3.pairs select --index {input.index:q} --predictions {input.predictions:q} "
         "--out {output.pairs:q} --summary {output.summary:q} --mode {params.mode} > {log:q} 2>&1"
@@ -246,10 +247,11 @@ rule stage3_refine_data:
         runtime=60,
     params:
         seed=config["seed"],
+        mode=S3_PAIRING,
     shell:
         "python -m vqinsight.stage3.pairs refine --pairs {input.pairs:q} --index {input.index:q} "
         "--predictions {input.predictions:q} --out {output:q} --dataset united_r{wildcards.r} "
-        "--seed {params.seed} > {log:q} 2>&1"
+        "--seed {params.seed} --mode {params.mode} > {log:q} 2>&1"
 
 
 rule stage3_refine_judge:

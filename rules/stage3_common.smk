@@ -7,6 +7,7 @@ S3_GPUS = int(S3.get("gpus", 0))
 S3_JUDGE_TM = S3["judge"]["task_model"]
 S3_FINAL_JUDGE = f"united_r{ROUNDS}"
 S3_TINY = "tiny" in S3["generator"]
+S3_PAIRING = S3.get("pairing", "round_robin")  # the schema's enum: round_robin (all C(N,2) pairs) or tournament
 DPO_RECIPE = repo_file(S3["dpo"]["recipe"])
 S3_CODE = [str(SRC / "stage3" / f) for f in ("pairs.py", "index.py", "selection.py", "vbench.py", "evaluate.py")]
 
@@ -85,6 +86,12 @@ def s3_judge_args(wildcards=None):
         f"--task comparison --split all --format vqinsight {judge_setting_args(j)}"
         f"--seed {config['seed']}{judge_engine_args(j)}"
     )
+
+
+def s3_samples_judge_args(wildcards=None):
+    """s3_judge_args for a generator's samples: with pairing tournament, only each prompt's tournament pairs, judged
+    round by round (--tournament); the round robin's command is s3_judge_args unchanged."""
+    return s3_judge_args() + (" --tournament" if S3_PAIRING == "tournament" else "")
 
 
 def dpo_inputs(wildcards):
