@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 
 from vqinsight.records import Item, to_records
@@ -244,6 +245,28 @@ def test_non_transitive_judge_gives_the_pick_of_selection_tournament_on_the_same
         else:
             assert lines[pid]["win_index"] != lines[pid]["lose_index"]
     assert summary["decided_by"]["margin"] + summary["decided_by"]["tie"] > 0, "split verdicts were exercised"
+
+
+def test_refine_in_tournament_mode_takes_the_tournaments_best_of_the_new_samples(tmp_path: Path) -> None:
+    sizes = {"p0": 10, "p1": 5}
+    index = _index(sizes)
+    rng = np.random.default_rng(2)
+    quality = {(r["prompt_id"], r["index"]): float(rng.uniform()) for r in index}
+    partial = tmp_path / "new.partial"
+    plan, _ = _play(_rows(index), _quality_judge(quality), partial)
+    old = [{"prompt_id": pid, "prompt": f"about {pid}", "lose": f"old/{pid}.mp4", "lose_index": 0} for pid in sizes]
+    wl, idx, out = tmp_path / "wl.jsonl", tmp_path / "new.jsonl", tmp_path / "refine.parquet"
+    wl.write_text("".join(json.dumps(o) + "\n" for o in old))
+    idx.write_text("".join(json.dumps(r) + "\n" for r in index))
+    args = ["refine", "--pairs", str(wl), "--index", str(idx), "--predictions", str(partial), "--out", str(out),
+            "--dataset", "united_r1", "--seed", "0"]  # fmt: skip
+    assert pairs.main([*args, "--mode", "tournament"]) == 0
+    got = {}
+    for r in pl.read_parquet(out).iter_rows(named=True):
+        new = r["media"][0] if r["gt_choice"] == "A" else r["media"][1]
+        got[r["sample_id"].split("/")[-1]] = _video(new)[1]
+    assert got == {pid: best for pid, (best, _) in tournament.picks(plan).items()}
+    assert pairs.main(args) == 2, "the round robin needs every pair"
 
 
 class Crash(RuntimeError):
