@@ -116,10 +116,15 @@ def _advance(p: PromptTournament, have: Mapping[str, Mapping[str, Any]]) -> None
     p.t.advance(outcomes)
 
 
+def _verdict(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """What a comparison's outcome reads of a record (the reasoning text stays in the file only)."""
+    return {k: rec[k] for k in ("key", "pred", "p") if k in rec}
+
+
 def load_partial(partial: Path) -> dict[str, Mapping[str, Any]]:
-    """The records of an interrupted run by key (a torn last line is cut off first, as the judge does)."""
+    """The verdicts of an interrupted run by key (a torn last line is cut off first, as the judge does)."""
     read_done(partial)
-    return index_records(load_predictions(partial)) if partial.exists() else {}
+    return {k: _verdict(r) for k, r in index_records(load_predictions(partial)).items()} if partial.exists() else {}
 
 
 def replay(tournaments: Mapping[str, PromptTournament], have: Mapping[str, Mapping[str, Any]]) -> int:
@@ -168,7 +173,7 @@ def judge_rounds(
             for r in recs:
                 r["round"] = round_of[r["key"]]
             append_records(partial, recs)
-            have.update((r["key"], r) for r in recs)
+            have.update((r["key"], _verdict(r)) for r in recs)
             if on_judged is not None:
                 on_judged(len(chunk))
         for p in active:
