@@ -360,6 +360,7 @@ def test_judge_job_with_tournament_on_the_tiny_model(tmp_path: Path) -> None:
     args = ["--model", str(model), "--manifest", str(manifest), "--task", "comparison", "--split", "all",
             "--out", str(out), "--style", "short", "--batch-size", "64", "--max-new-tokens", "6", "--threads", "1",
             "--tournament", *media]  # fmt: skip
+    assert judge_cli.main([*args, "--limit", "3"]) == 2, "--limit would cut prompts' pair sets"
     assert judge_cli.main(args) == 0
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     per: dict[str, set] = {}
