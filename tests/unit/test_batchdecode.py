@@ -299,6 +299,46 @@ def test_generate_padded_keeps_the_static_decoders_contract(loaded):
     assert dec.stats["prefix_prefills"] == 3
 
 
+def _kernel_like(offset: float):
+    """A stand-in for the CUDA kernel on the CPU: exact attention, fully masked rows marked as flash kernels mark
+    them (lse +inf, output NaN), the output shifted by ``offset``."""
+
+    def efficient_lse(self, q, k, v, bias):
+        sc = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale + bias.float()
+        lse = torch.logsumexp(sc, dim=-1)
+        out = torch.matmul(torch.softmax(sc, dim=-1), v.float()) + offset
+        return out, torch.where(torch.isneginf(lse), float("inf"), lse)
+
+    return efficient_lse
+
+
+def test_a_kernel_marking_masked_rows_plus_inf_is_used_and_gives_the_same_tokens(loaded, monkeypatch):
+    """The cascade merges two attention parts by their log-sum-exp, and a part with every key masked (a judgment
+    without a shared prefix) must count as -inf there; a kernel that marks it +inf passes the check and decodes
+    the matmul attention's tokens."""
+    model, processor = loaded
+    rows, keys = _pairs(3)
+    reqs = requests_from_batch(model, _encode(processor, rows), keys=keys)
+    ref = BatchDecoder(model, max_batch=4).generate(reqs, 8)
+    monkeypatch.setattr(BatchDecoder, "_efficient_lse", _kernel_like(0.0))
+    dec = BatchDecoder(model, max_batch=4, attention="efficient")
+    assert dec.generate(reqs, 8) == ref
+    assert dec.attention == "efficient" and dec.stats["attention"] == "efficient"
+
+
+def test_a_kernel_that_disagrees_falls_back_naming_the_difference(loaded, monkeypatch, caplog):
+    model, processor = loaded
+    rows, keys = _pairs(2)
+    reqs = requests_from_batch(model, _encode(processor, rows), keys=keys)
+    monkeypatch.setattr(BatchDecoder, "_efficient_lse", _kernel_like(0.1))
+    dec = BatchDecoder(model, max_batch=2, attention="efficient")
+    with caplog.at_level("WARNING", logger="vqinsight.batchdecode"):
+        got = dec.generate(reqs, 6)
+    assert got == BatchDecoder(model, max_batch=2).generate(reqs, 6)
+    assert dec.attention == "manual"
+    assert "max |out diff| 0.1" in caplog.text and "using matmul attention" in caplog.text
+
+
 def test_an_attention_kernel_that_cannot_run_falls_back_to_matmul(loaded):
     """attention="efficient" where PyTorch's memory-efficient kernel does not run (here: the CPU): checked on
     first use, then the matmul attention, with the same tokens."""
