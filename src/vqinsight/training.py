@@ -1,7 +1,8 @@
 """What the training commands share: GRPO (``grpo/train.py``) and SFT (``baselines/sft.py``) of the judge, and
 Diffusion-DPO of the generator (``dpo/train.py``).
 
-- Seeding (``seed_everything``), float32 without CUDA (``cpu_float32``), atomic model saving (``save_atomically``).
+- Seeding (``seed_everything``), float32 without CUDA (``cpu_float32``), the rank's device (``training_device``),
+  atomic model saving (``save_atomically``; ``save_final`` gathers ZeRO-3 shards first, ``is_zero3``).
 - Checkpoint directories: a checkpoint counts once its ``COMPLETE`` marker exists (``list_checkpoints``,
   ``latest_checkpoint``); a rerun keeps a directory's checkpoints only if they come from the same configuration
   (``fingerprint``, ``run_fingerprint``, ``claim_checkpoint_dir``), else it starts clean.
@@ -84,6 +85,47 @@ def save_atomically(model, processor, out_dir: str | os.PathLike) -> Path:
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+    return out
+
+
+def training_device(cuda: bool) -> str:
+    """The device this rank trains on: ``cuda:<LOCAL_RANK>`` with CUDA, else the CPU. A model is loaded on the CPU and
+    the trainer places it only when it is built, so work before that (the held-out evaluation before training) must
+    move it here first; on the first GPU run the stage-1 job's evaluation generated on the CPU for five minutes."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+
+
+def is_zero3(trainer) -> bool:
+    """Whether the trainer runs DeepSpeed ZeRO-3 (parameters partitioned across ranks)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
+
+def save_final(trainer, processor, out: str | os.PathLike) -> Path:
+    """The trained model (safetensors) and its processor to ``out``, atomically. Collective: every rank calls it.
+
+    Under DeepSpeed ZeRO-3 each rank holds a shard of every parameter, so ``save_pretrained`` of the in-memory model
+    would write empty tensors: the full weights are gathered by ``trainer.save_model`` (config/accelerate/zero3.yaml
+    sets zero3_save_16bit_model) into ``<out>.tmp``, renamed by the main process. Otherwise the main process saves
+    the in-memory model with ``save_atomically``.
+    """
+    out = Path(out)
+    if not is_zero3(trainer):
+        if trainer.accelerator.is_main_process:
+            save_atomically(trainer.model, processor, out)
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing here ever loads it
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
     return out
 
 

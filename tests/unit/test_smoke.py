@@ -306,3 +306,39 @@ def test_run_takes_an_empty_output_directory_for_missing(tmp_path, monkeypatch):
     jobs = _run(tmp_path, plan)
     assert jobs["models"]["status"] == jobs["judge"]["status"] == "ok"
     assert Path("m/vlm/config.json").is_file()
+
+
+def _smoke_config() -> dict:
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config/smoke.yaml").read_text()))
+    return config
+
+
+def test_smoke_comparison_held_out_sets_keep_rows_after_ties_are_dropped(tmp_path):
+    """The first GPU run died in the SFT baseline: the smoke MonetBench drew 2 pairs, both ties, and the held-out
+    selection (ties dropped, as in training) was empty. Every comparison held-out set of the smoke config must keep
+    a row once its ties are dropped."""
+    from vqinsight.data import manifest
+    from vqinsight.data.fetch import fetch
+    from vqinsight.records import select_rows
+
+    config = _smoke_config()
+    eval_sets = {
+        ds
+        for tm in config["grpo"]["stage2"]["task_models"].values()
+        if "comparison" in tm["tasks"]
+        for ds in tm.get("eval_datasets", [])
+    }
+    assert eval_sets, "no comparison held-out dataset in the smoke config"
+    for ds in sorted(eval_sets):
+        raw, out = tmp_path / "raw" / ds, tmp_path / f"{ds}.parquet"
+        fetch(ds, raw, config["datasets"][ds])
+        rc = manifest.main(
+            ["--dataset", ds, "--raw-dir", str(raw), "--out", str(out), "--meta", str(tmp_path / f"{ds}.meta.json"),
+             "--quarantine", str(tmp_path / f"{ds}.csv"), "--scale", "1", "5", "--on-bad-input", "fail",
+             "--reader", "pyav", "--workers", "1"]  # fmt: skip
+        )
+        assert rc == 0
+        assert select_rows([out], ["comparison", "vqa"], "test").height >= 1, ds

@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,10 +45,12 @@ from ..training import (
     cpu_float32,
     curves_table,
     held_out_rows,
+    is_zero3,
     latest_checkpoint,
     run_fingerprint,
-    save_atomically,
+    save_final,
     seed_everything,
+    training_device,
 )
 
 log = logging.getLogger("vqinsight.baselines.sft")
@@ -215,36 +216,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _zero3(trainer) -> bool:
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
-
-
-def _save_final(trainer, processor, out: Path) -> Path:
-    """The trained model (safetensors) to `out`, atomically. Collective: every rank must call it.
-
-    Under DeepSpeed ZeRO-3 the parameters are partitioned across ranks, so the full weights are gathered by
-    `trainer.save_model` (config/accelerate/zero3.yaml sets zero3_save_16bit_model) into `<out>.tmp`, renamed by
-    the main process; otherwise `save_atomically` saves the in-memory model.
-    """
-    if not _zero3(trainer):
-        if trainer.accelerator.is_main_process:
-            save_atomically(trainer.model, processor, out)
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    if trainer.accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.is_main_process:
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing here ever loads it
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -295,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     gen_kw = {"batch_size": recipe.eval.get("batch_size", 32), "max_new_tokens": recipe.eval.get("max_new_tokens", 64)}
     before_path = a.checkpoint_dir / "eval_before.json"
     if eval_rows and not before_path.exists() and rank == 0:
-        if cuda:
-            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        model.to(training_device(cuda))  # the trainer has not placed it yet
         atomic_write_json(
             before_path, evaluate(model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
         )
@@ -332,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    out = _save_final(trainer, processor, a.output_dir)
+    out = save_final(trainer, processor, a.output_dir)
     if trainer.accelerator.is_main_process:
         atomic_write_text(out / "curves.csv", curves_table(trainer.state.log_history))
         result: dict[str, Any] = {
@@ -341,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if eval_rows:
             eval_model = trainer.model
-            if _zero3(trainer):  # partitioned parameters: evaluate the gathered weights just saved
+            if is_zero3(trainer):  # partitioned parameters: evaluate the gathered weights just saved
                 eval_model = load_model_and_processor(str(out), dtype=dtype)[0].to(trainer.args.device)
             result["before"] = json.loads(before_path.read_text())
             result["after"] = evaluate(eval_model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)

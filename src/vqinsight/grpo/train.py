@@ -35,10 +35,12 @@ from ..training import (
     cpu_float32,
     curves_table,
     held_out_rows,
+    is_zero3,
     latest_checkpoint,
     run_fingerprint,
-    save_atomically,
+    save_final,
     seed_everything,
+    training_device,
 )
 from .reward_funcs import build_correctness, build_reward_funcs
 
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     before_path = a.checkpoint_dir / "eval_before.json"
     is_main = int(os.environ.get("RANK", "0")) == 0
     if eval_rows and not before_path.exists() and is_main:
+        model.to(training_device(cuda))  # the trainer has not placed it yet
         atomic_write_json(
             before_path, evaluate(model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
         )
@@ -262,17 +265,19 @@ def main(argv: list[str] | None = None) -> int:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
+    out = save_final(trainer, processor, a.output_dir)  # collective under ZeRO-3
     if trainer.accelerator.is_main_process:
-        model = trainer.model
-        out = save_atomically(model, processor, a.output_dir)
         atomic_write_text(out / "curves.csv", curves_table(trainer.state.log_history))
         result: dict[str, Any] = {
             "resumed_from": str(resume) if resume else None,
             "global_step": trainer.state.global_step,
         }
         if eval_rows:
+            eval_model = trainer.model
+            if is_zero3(trainer):  # partitioned parameters: evaluate the gathered weights just saved
+                eval_model = load_model_and_processor(str(out), dtype=dtype)[0].to(trainer.args.device)
             result["before"] = json.loads(before_path.read_text())
-            result["after"] = evaluate(model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
+            result["after"] = evaluate(eval_model, processor, eval_rows, loader, recipe.prompt_style, scale, **gen_kw)
         atomic_write_json(out / "eval.json", result)
         write_meta(
             out / "meta.json",
