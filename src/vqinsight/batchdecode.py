@@ -199,9 +199,11 @@ class BatchDecoder:
         over k, v (N, KV, S, hd) with additive bias (N, 1, 1, S); rows with every key masked give 0 and -inf."""
         if self.attention == "efficient":
             out, lse = self._efficient_lse(q, k, v, bias)
-            # a row with every key masked has no finite log-sum-exp; kernels mark it -inf, +inf or NaN (flash
-            # kernels use +inf): -inf is what the merge of the cascade's two parts needs
-            lse = torch.where(torch.isfinite(lse), lse, float("-inf"))
+            # a row with every key masked has no finite log-sum-exp, and kernels mark it their own way (flash
+            # kernels +inf; PyTorch's memory-efficient kernel gave finite values on an H100): it is read off the
+            # bias instead, as -inf, which is what the merge of the cascade's two parts needs
+            empty = ~torch.isfinite(bias).any(dim=-1)  # (N, 1, 1): every key of the row masked
+            lse = torch.where(empty | ~torch.isfinite(lse), float("-inf"), lse)
         else:
             sc = torch.matmul(q, k.transpose(-1, -2)).float() * self.scale + bias.float()
             m = sc.amax(dim=-1, keepdim=True)

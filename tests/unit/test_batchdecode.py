@@ -299,28 +299,33 @@ def test_generate_padded_keeps_the_static_decoders_contract(loaded):
     assert dec.stats["prefix_prefills"] == 3
 
 
-def _kernel_like(offset: float):
-    """A stand-in for the CUDA kernel on the CPU: exact attention, fully masked rows marked as flash kernels mark
-    them (lse +inf, output NaN), the output shifted by ``offset``."""
+def _kernel_like(offset: float, masked: str = "plus_inf"):
+    """A stand-in for the CUDA kernel on the CPU: exact attention, the output shifted by ``offset``, fully masked
+    rows marked as flash kernels mark them (``plus_inf``: lse +inf, output NaN) or with finite values
+    (``finite``: lse 0, output 1), as PyTorch's memory-efficient kernel did on the first GPU smoke run."""
 
     def efficient_lse(self, q, k, v, bias):
         sc = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale + bias.float()
         lse = torch.logsumexp(sc, dim=-1)
         out = torch.matmul(torch.softmax(sc, dim=-1), v.float()) + offset
+        if masked == "finite":
+            return torch.nan_to_num(out, nan=1.0), torch.where(torch.isneginf(lse), 0.0, lse)
         return out, torch.where(torch.isneginf(lse), float("inf"), lse)
 
     return efficient_lse
 
 
-def test_a_kernel_marking_masked_rows_plus_inf_is_used_and_gives_the_same_tokens(loaded, monkeypatch):
+@pytest.mark.parametrize("masked", ["plus_inf", "finite"])
+def test_a_kernel_marking_masked_rows_its_own_way_is_used_and_gives_the_same_tokens(loaded, monkeypatch, masked):
     """The cascade merges two attention parts by their log-sum-exp, and a part with every key masked (a judgment
-    without a shared prefix) must count as -inf there; a kernel that marks it +inf passes the check and decodes
-    the matmul attention's tokens."""
+    without a shared prefix) must count as -inf there whatever the kernel returns for it (+inf, or finite values:
+    the first H100 run's kernel check failed on exactly that); such a kernel passes the check and decodes the
+    matmul attention's tokens."""
     model, processor = loaded
     rows, keys = _pairs(3)
     reqs = requests_from_batch(model, _encode(processor, rows), keys=keys)
     ref = BatchDecoder(model, max_batch=4).generate(reqs, 8)
-    monkeypatch.setattr(BatchDecoder, "_efficient_lse", _kernel_like(0.0))
+    monkeypatch.setattr(BatchDecoder, "_efficient_lse", _kernel_like(0.0, masked))
     dec = BatchDecoder(model, max_batch=4, attention="efficient")
     assert dec.generate(reqs, 8) == ref
     assert dec.attention == "efficient" and dec.stats["attention"] == "efficient"
