@@ -3,6 +3,8 @@ Diffusion-DPO of the generator (``dpo/train.py``).
 
 - Seeding (``seed_everything``), float32 without CUDA (``cpu_float32``), the rank's device (``training_device``),
   atomic model saving (``save_atomically``; ``save_final`` gathers ZeRO-3 shards first, ``is_zero3``).
+- Resuming a Trainer's checkpoint with every weight loaded under the module's names (``CheckpointResume``,
+  ``load_checkpoint_weights``).
 - Checkpoint directories: a checkpoint counts once its ``COMPLETE`` marker exists (``list_checkpoints``,
   ``latest_checkpoint``); a rerun keeps a directory's checkpoints only if they come from the same configuration
   (``fingerprint``, ``run_fingerprint``, ``claim_checkpoint_dir``), else it starts clean.
@@ -127,6 +129,83 @@ def save_final(trainer, processor, out: str | os.PathLike) -> Path:
             shutil.rmtree(out)
         os.replace(tmp, out)
     return out
+
+
+def checkpoint_key_map(model) -> dict[str, list[str]]:
+    """Name in a ``save_pretrained`` file -> in-memory name(s) of each tensor.
+
+    transformers 5 renames some models' weights on load (Qwen2.5-VL: ``visual.*`` -> ``model.visual.*``,
+    ``model.layers.*`` -> ``model.language_model.layers.*``) and reverts the renaming on save, so a checkpoint's
+    names are not the module's. Tied weights (one tensor, several names) map to every name."""
+    sd = model.state_dict()
+    names: dict[tuple, list[str]] = {}
+    for k, t in sd.items():
+        names.setdefault((t.data_ptr(), tuple(t.shape), t.dtype), []).append(k)
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without weight conversions saves the module's own names
+        return {k: [k] for k in sd}
+    out = {}
+    for saved, t in revert_weight_conversion(model, dict(sd)).items():
+        ks = names.get((t.data_ptr(), tuple(t.shape), t.dtype))
+        if ks is None:
+            raise ValueError(f"checkpoint tensor {saved!r} is a converted copy, not a renamed model tensor")
+        out[saved] = ks
+    return out
+
+
+def load_checkpoint_weights(model, checkpoint: str | os.PathLike) -> bool:
+    """Load a ``transformers.Trainer`` checkpoint's full-model safetensors into ``model``, mapping the file's names
+    to the module's (``checkpoint_key_map``). Returns False where the checkpoint holds no such file.
+
+    The Trainer's own resume loads the file with ``load_state_dict(strict=False)`` under the file's names: on
+    Qwen2.5-VL under transformers 5 no key matched, the resumed run silently continued from the base weights with
+    the checkpoint's optimizer state (seen on the first GPU smoke run; the CPU demo's tiny model too). Here every
+    tensor must load: a missing or unknown one is an error naming it."""
+    import safetensors.torch
+
+    ck = Path(checkpoint)
+    index = ck / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (ck / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return False
+    mapping = checkpoint_key_map(model)
+    state: dict[str, Any] = {}
+    unknown = []
+    for f in files:
+        for saved, t in safetensors.torch.load_file(str(ck / f), device="cpu").items():
+            if saved not in mapping:
+                unknown.append(saved)
+            for k in mapping.get(saved, ()):
+                state[k] = t
+    res = model.load_state_dict(state, strict=False)
+    if unknown or res.missing_keys or res.unexpected_keys:
+        raise RuntimeError(
+            f"{ck}: checkpoint does not match the model (not in the model: {unknown[:5]}, "
+            f"not in the checkpoint: {list(res.missing_keys)[:5]}); was it written by another model or "
+            "transformers version? Delete the checkpoint directory to start over."
+        )
+    log.info("loaded the model weights of %s (%d tensors)", ck, len(state))
+    return True
+
+
+class CheckpointResume:
+    """Mixin for ``transformers.Trainer`` subclasses: resume loads the model weights with
+    ``load_checkpoint_weights`` (all of them, or an error) where the Trainer itself would load a full-model
+    safetensors file; DeepSpeed, FSDP and PEFT adapter checkpoints keep the Trainer's own loading."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        plain = model is None and not (
+            getattr(self, "is_deepspeed_enabled", False)
+            or getattr(self, "is_fsdp_enabled", False)
+            or hasattr(self.model, "peft_config")
+        )
+        if plain and load_checkpoint_weights(self.model, resume_from_checkpoint):
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

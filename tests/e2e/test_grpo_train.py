@@ -132,6 +132,7 @@ def test_killed_training_resumes_from_the_newest_complete_checkpoint(world, tmp_
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from" in second.stderr
+    assert "loaded the model weights of" in second.stderr  # every weight, under the module's names
     # progress lines in the job log (stderr is a file, not a terminal): the resumed run's optimizer steps and the
     # held-out evaluation, each with done / total
     assert re.search(r"training: 10/10 step \(100\.0%\), [\d.]+ (s/step|step/s)", second.stderr), second.stderr[-3000:]

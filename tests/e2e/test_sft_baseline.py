@@ -169,8 +169,14 @@ def test_sft_trains_on_video_tasks_and_resumes_from_the_newest_complete_checkpoi
     assert "resuming from" in second.stderr
     result = json.loads((model / "eval.json").read_text())
     assert Path(result["resumed_from"]).name == "checkpoint-3" and result["global_step"] == 6
-    assert sorted(_losses(model)) == [1, 2, 3, 4, 5, 6]  # the history before the kill survives
+    resumed = _losses(model)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # the history before the kill survives
     assert (model / "model.safetensors").exists()
+    # ... from the checkpoint's weights: steps 4-6 repeat the first run's losses (same machine, same data order).
+    # Resuming under the checkpoint's own key names once loaded none of them and continued from the base model.
+    assert "loaded the model weights of" in second.stderr
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(losses[step], rel=0.02), (step, resumed, losses)
 
 
 def _decisive_pairs(world: Path) -> int:

@@ -41,6 +41,7 @@ from ..media import MediaLoader, add_media_args, media_spec, processor_pixels
 from ..provenance import atomic_write_json, atomic_write_text, write_meta
 from ..records import select_rows, to_records
 from ..training import (
+    CheckpointResume,
     claim_checkpoint_dir,
     cpu_float32,
     curves_table,
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except TypeError as e:
         log.error("%s: trainer: %s", a.recipe, e)
         return 2
-    trainer = SFTTrainer(
+    # resuming loads every weight of the checkpoint (CheckpointResume)
+    trainer = type("VideoSFTTrainer", (CheckpointResume, SFTTrainer), {})(
         model=model,
         args=args,
         data_collator=VideoSFTCollator(processor, loader, recipe.prompt_style, scale),

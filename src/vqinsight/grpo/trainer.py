@@ -56,6 +56,7 @@ from vqinsight.grpo.reward_funcs import Correctness
 from vqinsight.grpo.sampler import UnitRepeatSampler, order_units
 from vqinsight.models.vision_attention import batch_vision_attention
 from vqinsight.rewards import temporal_bonus
+from vqinsight.training import CheckpointResume
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,9 @@ def limit_checkpointed_layers(model: Any, n: int) -> int:
     return len(layers)
 
 
-class VideoGRPOTrainer(GRPOTrainer):
-    """``trl.GRPOTrainer`` (1.16.0) for Qwen2.5-VL prompts with 0-2 videos and/or images per row.
+class VideoGRPOTrainer(CheckpointResume, GRPOTrainer):
+    """``trl.GRPOTrainer`` (1.16.0) for Qwen2.5-VL prompts with 0-2 videos and/or images per row. Resuming loads
+    every weight of the checkpoint (``vqinsight.training.CheckpointResume``).
 
     Extra keyword arguments (everything else goes to ``GRPOTrainer``):
 
