@@ -335,10 +335,7 @@ def test_smoke_comparison_held_out_sets_keep_rows_after_ties_are_dropped(tmp_pat
     for ds in sorted(eval_sets):
         raw, out = tmp_path / "raw" / ds, tmp_path / f"{ds}.parquet"
         fetch(ds, raw, config["datasets"][ds])
-        rc = manifest.main(
-            ["--dataset", ds, "--raw-dir", str(raw), "--out", str(out), "--meta", str(tmp_path / f"{ds}.meta.json"),
-             "--quarantine", str(tmp_path / f"{ds}.csv"), "--scale", "1", "5", "--on-bad-input", "fail",
-             "--reader", "pyav", "--workers", "1"]  # fmt: skip
-        )
-        assert rc == 0
+        args = ["--dataset", ds, "--raw-dir", str(raw), "--out", str(out), "--meta", str(tmp_path / "meta.json")]
+        args += ["--quarantine", str(tmp_path / f"{ds}.csv"), "--scale", "1", "5", "--on-bad-input", "fail"]
+        assert manifest.main([*args, "--reader", "pyav", "--workers", "1"]) == 0
         assert select_rows([out], ["comparison", "vqa"], "test").height >= 1, ds
