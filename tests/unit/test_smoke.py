@@ -339,3 +339,45 @@ def test_smoke_comparison_held_out_sets_keep_rows_after_ties_are_dropped(tmp_pat
         args += ["--quarantine", str(tmp_path / f"{ds}.csv"), "--scale", "1", "5", "--on-bad-input", "fail"]
         assert manifest.main([*args, "--reader", "pyav", "--workers", "1"]) == 0
         assert select_rows([out], ["comparison", "vqa"], "test").height >= 1, ds
+
+
+@pytest.mark.slow
+def test_tiny_scale_models_have_the_paper_layout_and_load_as_the_jobs_load_them(tmp_path):
+    """``models --scale tiny`` (the CPU replay of the smoke DAG) writes the paper scale's directories and files, and
+    the jobs' loaders read them: the judge through the project's loader, the generator through ``t2v_base``'s
+    conversion (the LoRA list in T2V-Turbo's order for the tiny student), CLIP through transformers."""
+    import torch
+    from transformers import CLIPModel
+
+    from vqinsight.models.load import load_model_and_processor
+    from vqinsight.t2v.convert import convert
+
+    root = tmp_path / "m"
+    made = smoke.write_models(root, scale="tiny")
+    assert set(made) == {"vlm", "t2v", "clip"} and made["vlm"]["params"] < 10**6
+    vlm = root / "Qwen2.5-VL-3B-Instruct"
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "processor_config.json"):
+        assert (vlm / name).is_file(), name
+    assert json.loads((vlm / "config.json").read_text())["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    model, proc = load_model_and_processor(str(vlm))
+    assert proc.video_processor.size["longest_edge"] == 100352  # the paper's video pixel budget
+    base = root / "text-to-video-ms-1.7b"
+    for part in ("unet", "vae", "text_encoder", "tokenizer"):
+        assert (base / part).is_dir(), part
+    out = convert(base, root / "T2V-Turbo-MS" / "unet_lora.pt", tmp_path / "g0")
+    assert (out / "unet").is_dir()
+    assert isinstance(CLIPModel.from_pretrained(root / "clip-vit-base-patch16", dtype=torch.float32), CLIPModel)
+    # existing checkpoints are kept: a second call writes nothing
+    assert smoke.write_models(root, scale="tiny") == {}
+    with pytest.raises(ValueError, match="scale must be one of"):
+        smoke.write_models(root, scale="huge")
+
+
+def test_plan_passes_the_models_scale_to_the_model_jobs(tmp_path):
+    dry = tmp_path / "dry.txt"
+    dry.write_text(DRY)
+    out = tmp_path / "plan.json"
+    args = ["plan", "--dry-run", str(dry), "--out", str(out), "--models-root", "m", "--models-scale", "tiny"]
+    assert smoke.main(args) == 0
+    shells = [j["shell"] for j in json.loads(out.read_text())["jobs"] if j["rule"] == "smoke_models"]
+    assert len(shells) == 3 and all(s.split(">")[0].rstrip().endswith("--scale tiny") for s in shells)

@@ -145,8 +145,9 @@ MODELS = {"vlm": ["Qwen2.5-VL-3B-Instruct"], "t2v": ["text-to-video-ms-1.7b", "T
           "clip": ["clip-vit-base-patch16"]}  # fmt: skip
 
 
-def model_jobs(root: str) -> list[dict[str, Any]]:
+def model_jobs(root: str, scale: str = "paper") -> list[dict[str, Any]]:
     """``models --only NAME`` as plan jobs (jobids -1, -2, -3), so the jobs that load a checkpoint wait for it."""
+    opt = "" if scale == "paper" else f" --scale {scale}"
     jobs = []
     for n, (name, outs) in enumerate(MODELS.items(), 1):
         lg = f"logs/smoke/models_{name}.log"
@@ -159,16 +160,16 @@ def model_jobs(root: str) -> list[dict[str, Any]]:
                 "log": [lg],
                 "wildcards": {"model": name},
                 "gpu": 1,
-                "shell": f"python -m vqinsight.bench smoke models --root {root} --only {name} > {lg} 2>&1",
+                "shell": f"python -m vqinsight.bench smoke models --root {root} --only {name}{opt} > {lg} 2>&1",
             }
         )
     return jobs  # fmt: skip
 
 
-def with_models(jobs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+def with_models(jobs: list[dict[str, Any]], root: str, scale: str = "paper") -> list[dict[str, Any]]:
     """``jobs`` plus the model jobs; a job whose command names a model path gets it as an input (the smoke config's
     local model directories are not rule inputs, so Snakemake's dry run does not list them)."""
-    models = model_jobs(root)
+    models = model_jobs(root, scale)
     for j in jobs:
         for o in (o for m in models for o in m["output"]):
             if o not in j["input"] and re.search(rf"(?<![\w/.-]){re.escape(o)}(?![\w.-])", j["shell"]):
@@ -176,8 +177,30 @@ def with_models(jobs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     return jobs + models
 
 
-def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS)) -> dict[str, Any]:
-    """The judge, generator base + LoRA and CLIP checkpoints (random weights) under ``root``; existing ones kept."""
+#: ``models --scale tiny``: the same classes, file layouts, tokenizers and processors (the paper's pixel budgets) at
+#: widths that run on a CPU, so the smoke DAG's commands can be replayed on a laptop before a GPU is spent on them.
+TINY = {
+    "unet": dict(sample_size=32, block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, attention_head_dim=8,
+                 layers_per_block=1, norm_num_groups=8, time_cond_proj_dim=256),
+    "vae": dict(block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                sample_size=256),
+    "text": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=77, hidden_act="gelu"),
+}  # fmt: skip
+SCALES = ("paper", "tiny")
+
+
+def write_models(
+    root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS), scale: str = "paper"
+) -> dict[str, Any]:
+    """The judge, generator base + LoRA and CLIP checkpoints (random weights) under ``root``; existing ones kept.
+
+    ``scale="paper"``: the real sizes (Qwen2.5-VL-3B, text-to-video-ms-1.7b, CLIP ViT-B/16). ``scale="tiny"``: the
+    same architectures and files at CPU sizes (``TINY``); the directory names stay, so the plan's commands do not
+    change."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     import torch
 
     from vqinsight.bench.archs import TEXT_VIT_H, UNET_MS, VAE_SD, build_model
@@ -190,7 +213,11 @@ def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS
     if "vlm" in only and not (vlm / "config.json").is_file():
         t = time.perf_counter()
         tok = tiny.build_tokenizer()
-        model = build_model("3b", tok, dev, torch.bfloat16, seed)
+        if scale == "tiny":
+            model = tiny.build_model(tok, hidden=64, layers=2, heads=4, vis_hidden=32, vis_depth=2, seed=seed)
+            model = model.to(torch.bfloat16)
+        else:
+            model = build_model("3b", tok, dev, torch.bfloat16, seed)
         proc = tiny.build_processor(  # the paper's pixel budgets (config/config.yaml data.*)
             tok, image_min_pixels=3136, image_max_pixels=250880, video_min_pixels=100352, video_max_pixels=100352
         )
@@ -210,19 +237,21 @@ def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS
         t = time.perf_counter()
         torch.manual_seed(seed)
         ctok = tiny_clip.build_tokenizer()
-        teacher = {k: v for k, v in UNET_MS.items() if k != "time_cond_proj_dim"}
+        paper = {"unet": UNET_MS, "vae": VAE_SD, "text": TEXT_VIT_H}
+        unet_cfg, vae_cfg, text_cfg = (TINY if scale == "tiny" else paper).values()
+        teacher = {k: v for k, v in unet_cfg.items() if k != "time_cond_proj_dim"}
         with torch.device(dev):
             unet = UNet3DConditionModel(**teacher)
-            vae = AutoencoderKL(**VAE_SD)
+            vae = AutoencoderKL(**vae_cfg)
             ids = {"bos_token_id": ctok.bos_token_id, "eos_token_id": ctok.eos_token_id}
-            text = CLIPTextModel(CLIPTextConfig(**TEXT_VIT_H, **ids, pad_token_id=ctok.pad_token_id))
+            text = CLIPTextModel(CLIPTextConfig(**text_cfg, **ids, pad_token_id=ctok.pad_token_id))
         unet.save_pretrained(base / "unet", safe_serialization=True)
         vae.save_pretrained(base / "vae", safe_serialization=True)
         text.save_pretrained(base / "text_encoder", safe_serialization=True)
         ctok.save_pretrained(base / "tokenizer")
         lora.parent.mkdir(parents=True, exist_ok=True)
         with torch.device("meta"):  # the LoRA list is made for the student (+ cond_proj), as T2V-Turbo's is
-            student = UNet3DConditionModel(**UNET_MS)
+            student = UNet3DConditionModel(**unet_cfg)
         torch.save(make_lora_weights(student, 32, seed=seed), lora)
         made["t2v"] = {"base": str(base), "lora": str(lora), "unet_params": sum(p.numel() for p in unet.parameters()),
                        "seconds": time.perf_counter() - t}  # fmt: skip
@@ -232,15 +261,20 @@ def write_models(root: Path, seed: int = 0, only: tuple[str, ...] = tuple(MODELS
         from transformers import CLIPConfig, CLIPModel
 
         ctok = tiny_clip.build_tokenizer()
-        cfg = CLIPConfig(
-            text_config={"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                         "num_attention_heads": 8, "max_position_embeddings": 77, "bos_token_id": ctok.bos_token_id,
-                         "eos_token_id": ctok.eos_token_id, "pad_token_id": ctok.pad_token_id},
-            vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                           "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
-            projection_dim=512,
-        )  # fmt: skip
-        CLIPModel(cfg).save_pretrained(clip, safe_serialization=True)
+        if scale == "tiny":
+            model = tiny_clip.build_model(ctok, image_size=224, patch_size=32, seed=seed)
+        else:
+            cfg = CLIPConfig(
+                text_config={"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+                             "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77,
+                             "bos_token_id": ctok.bos_token_id, "eos_token_id": ctok.eos_token_id,
+                             "pad_token_id": ctok.pad_token_id},
+                vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                               "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+                projection_dim=512,
+            )  # fmt: skip
+            model = CLIPModel(cfg)
+        model.save_pretrained(clip, safe_serialization=True)
         tiny_clip.build_processor(ctok, 224).save_pretrained(clip)
         made["clip"] = {"path": str(clip)}
     return made
@@ -290,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="config/config.yaml config/smoke.yaml")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--models-root", default=None, help="add the `models` jobs writing this folder's checkpoints")
+    p.add_argument("--models-scale", choices=SCALES, default="paper", help="the `models` jobs' --scale")
     m = sub.add_parser("models", help="random-weight checkpoints of the real architectures")
     m.add_argument("--root", required=True, type=Path)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, default=None, help="JSON summary")
     m.add_argument("--only", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    m.add_argument("--scale", choices=SCALES, default="paper", help="tiny: the same architectures at CPU sizes")
     r = sub.add_parser("run", help="replay the plan's commands")
     r.add_argument("--plan", required=True, type=Path)
     r.add_argument("--report", required=True, type=Path)
@@ -316,12 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.cmd == "plan":
         jobs = parse_dry_run(a.dry_run.read_text())
-        jobs = order(with_models(jobs, a.models_root) if a.models_root else jobs)
+        jobs = order(with_models(jobs, a.models_root, a.models_scale) if a.models_root else jobs)
         atomic_write_json(a.out, {"config": a.config, "jobs": jobs, "schedule": schedule(jobs)})
         log.info("%d jobs (%d on a GPU) -> %s", len(jobs), sum(1 for j in jobs if j["gpu"]), a.out)
         return 0
     if a.cmd == "models":
-        made = write_models(a.root, a.seed, tuple(a.only))
+        made = write_models(a.root, a.seed, tuple(a.only), a.scale)
         if a.out:
             atomic_write_json(a.out, made)
         log.info("models: %s", made)
