@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 SNAKEMAKE := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake
 
-.PHONY: demo test test-fast test-learning-avx2 lint dry-run clean-demo install-cluster
+.PHONY: demo test test-fast test-learning-avx2 lint dry-run clean-demo install-cluster smoke-cpu
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ lint: $(STAMP)
 # the paper run's environment on a GPU cluster: the torch build for the NVIDIA driver, DeepSpeed (README)
 install-cluster:
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install-cluster.sh
+
+# The paper config's smoke DAG (config/smoke.yaml) on this CPU: the same rules, recipes, prompts and media settings,
+# the real architectures at CPU sizes with random weights. Checks that every job of the paper DAG runs and the tables
+# render before GPU hours are spent; it says nothing of CUDA paths or GPU memory (docs/PERFORMANCE.md).
+SMOKE_CPU := --configfile config/config.yaml config/smoke.yaml config/smoke_cpu.yaml
+smoke-cpu: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m vqinsight.bench smoke models --root results/smoke_cpu/models --scale tiny
+	$(SNAKEMAKE) --cores $(CORES) $(SMOKE_CPU) --rerun-incomplete --show-failed-logs
 
 dry-run: $(STAMP)
 	$(SNAKEMAKE) -n

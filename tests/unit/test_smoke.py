@@ -367,10 +367,34 @@ def test_tiny_scale_models_have_the_paper_layout_and_load_as_the_jobs_load_them(
     out = convert(base, root / "T2V-Turbo-MS" / "unet_lora.pt", tmp_path / "g0")
     assert (out / "unet").is_dir()
     assert isinstance(CLIPModel.from_pretrained(root / "clip-vit-base-patch16", dtype=torch.float32), CLIPModel)
-    # existing checkpoints are kept: a second call writes nothing
+    # existing checkpoints are kept: a second call writes nothing; the other scale is refused, not mixed in
     assert smoke.write_models(root, scale="tiny") == {}
+    with pytest.raises(ValueError, match="holds tiny-scale checkpoints"):
+        smoke.write_models(root, scale="paper")
     with pytest.raises(ValueError, match="scale must be one of"):
         smoke.write_models(root, scale="huge")
+
+
+def test_cpu_overlay_moves_every_smoke_path():
+    """config/smoke_cpu.yaml keeps the CPU run's models, data, results and logs apart from the GPU smoke run's: no
+    path of the merged config is under results/smoke/, and the rest is the smoke config."""
+    import copy
+
+    from snakemake.utils import update_config
+
+    from vqinsight.config import validate_config
+
+    smoke_cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    update_config(smoke_cfg, yaml.safe_load((REPO / "config/smoke.yaml").read_text()))  # --configfile a b c
+    cpu = copy.deepcopy(smoke_cfg)
+    update_config(cpu, yaml.safe_load((REPO / "config/smoke_cpu.yaml").read_text()))
+    validate_config(cpu, REPO / "config/schema.yaml", source="config.yaml + smoke.yaml + smoke_cpu.yaml")
+    flat_smoke, flat_cpu = _flat(smoke_cfg), _flat(cpu)
+    moved = {k for k, v in flat_smoke.items() if isinstance(v, str) and "results/smoke/" in v + "/"}
+    assert moved and not [k for k, v in flat_cpu.items() if isinstance(v, str) and "results/smoke/" in v + "/"]
+    assert cpu["run"] == "smoke_cpu" and cpu["results_dir"] == "results/smoke_cpu"
+    changed = {k for k in flat_cpu if flat_cpu[k] != flat_smoke.get(k)}
+    assert changed <= moved | {"run", "eval.label"}, changed - moved
 
 
 def test_plan_passes_the_models_scale_to_the_model_jobs(tmp_path):

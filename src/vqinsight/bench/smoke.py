@@ -201,6 +201,14 @@ def write_models(
     change."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    marker = root / "smoke_models.json"  # which scale the checkpoints here have: never mix the two
+    if marker.is_file() and (had := json.loads(marker.read_text()).get("scale")) != scale:
+        raise ValueError(
+            f"{root} holds {had}-scale checkpoints ({marker}); write the {scale} ones to another --root "
+            f"(config/smoke_cpu.yaml points the CPU run at results/smoke_cpu/models) or delete {root}"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"scale": scale})
     import torch
 
     from vqinsight.bench.archs import TEXT_VIT_H, UNET_MS, VAE_SD, build_model
