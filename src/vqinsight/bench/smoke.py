@@ -245,8 +245,8 @@ def write_models(
         t = time.perf_counter()
         torch.manual_seed(seed)
         ctok = tiny_clip.build_tokenizer()
-        paper = {"unet": UNET_MS, "vae": VAE_SD, "text": TEXT_VIT_H}
-        unet_cfg, vae_cfg, text_cfg = (TINY if scale == "tiny" else paper).values()
+        sizes = TINY if scale == "tiny" else {"unet": UNET_MS, "vae": VAE_SD, "text": TEXT_VIT_H}
+        unet_cfg, vae_cfg, text_cfg = sizes["unet"], sizes["vae"], sizes["text"]
         teacher = {k: v for k, v in unet_cfg.items() if k != "time_cond_proj_dim"}
         with torch.device(dev):
             unet = UNet3DConditionModel(**teacher)
