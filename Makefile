@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 SNAKEMAKE := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake
 
-.PHONY: demo test test-fast test-learning-avx2 lint dry-run clean-demo install-cluster smoke-cpu
+.PHONY: demo test test-fast lint dry-run clean-demo install-cluster smoke-cpu
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,6 @@ test: $(STAMP)
 # two CPU cores. `make test` runs everything, as CI does.
 test-fast: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/unit -m "not slow" -q
-
-# The demo's learning tests again with the CPU kernels capped at AVX2: another float summation order on machines with
-# AVX-512 or AMX (the same order elsewhere). The learning claims must hold under both (docs/DEMO_LEARNING.md).
-AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
-test-learning-avx2: $(STAMP)
-	$(AVX2_ENV) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests/workflow/test_workflow.py -k "learns or rank_held_out"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(SNAKEMAKE) --lint

@@ -6,7 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from vqinsight.config import ConfigError, config_problems, recipe_problems, validate_config
+from vqinsight.config import ConfigError
+from vqinsight.cpu_kernels import float_order_env, config_problems, recipe_problems, validate_config
 from vqinsight.data.registry import REGISTRY
 
 
@@ -33,6 +34,9 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 # Jobs load checkpoints from local directories only (`snakemake models` downloads them on the login node), so a job
 # on a compute node without internet access never waits for the hub. Export HF_HUB_OFFLINE=0 to allow it anyway.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CPU kernels of every job (vqinsight.cpu_kernels): "portable" (the demo's) gives a job the same float32 sums on
+# any x86-64 CPU with AVX2, whatever the environment asked for; "native" (the default) leaves the environment alone.
+os.environ.update(float_order_env(config.get("cpu_float_order")))
 
 RUN = config["run"]
 RAW = config["raw_dir"]

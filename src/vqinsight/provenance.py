@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .cpu_kernels import active_float_order
+
 PACKAGES = (
     "vqinsight",
     "torch",
@@ -108,6 +110,7 @@ def device_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
+        "cpu_kernels": active_float_order(os.environ),
     }
     if "torch" in sys.modules:  # never import torch just for provenance
         torch = sys.modules["torch"]

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .cpu_kernels import active_float_order
 from .provenance import atomic_write_json
 from .records import select_rows, to_records
 
@@ -72,7 +73,8 @@ def cpu_float32(trainer_kwargs: dict, cuda: bool, logger: logging.Logger) -> dic
     """Without CUDA, turn off bf16 (TRL's configs autocast to bf16 by default): on a CPU that emulates bf16 matmuls
     and attention, and the demo's GRPO steps ran 28 % slower than in float32 (docs/PERFORMANCE.md)."""
     if not cuda and trainer_kwargs.get("bf16", True):
-        logger.info("no CUDA device: training in float32 (bf16 autocast off)")
+        kernels = active_float_order(os.environ) or "native"
+        logger.info("no CUDA device: training in float32 (bf16 autocast off); CPU kernels: %s", kernels)
         trainer_kwargs["bf16"] = False
     return trainer_kwargs
 

@@ -218,6 +218,24 @@ def _eval(demo_run: Path, model: str) -> dict:
 
 @pytest.mark.slow
 @DEMO_TIMEOUT
+def test_demo_jobs_run_the_portable_cpu_kernels(demo_run):
+    """config/demo.yaml's `cpu_float_order: portable` reaches the training jobs' environment (the Snakefile sets it,
+    torch reads it when it loads), so the learning numbers below are the same on any x86-64 CPU with AVX2; each job
+    records it in its model's meta.json and says it in its log."""
+    import json
+
+    from vqinsight.cpu_kernels import PORTABLE_ENV
+
+    for model, log in [("stage1/model", "stage1"), ("stage2/comp/full/model", "stage2_comp_full")]:
+        meta = json.loads((demo_run / "results/demo/grpo" / model / "meta.json").read_text())
+        kernels = meta["device"]["cpu_kernels"]
+        assert {k: kernels.get(k) for k in PORTABLE_ENV} == PORTABLE_ENV, (model, kernels)
+        text = (demo_run / "logs/demo/grpo" / f"{log}.log").read_text()
+        assert "CPU kernels: {'ATEN_CPU_CAPABILITY': 'avx2'" in text, log
+
+
+@pytest.mark.slow
+@DEMO_TIMEOUT
 def test_stage1_judge_learns_the_score_by_grpo(demo_run):
     """Acceptance: held-out SRCC rises to >= 0.3 by GRPO from a format-only warm start that does not rank the images.
 

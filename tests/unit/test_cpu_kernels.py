@@ -1,0 +1,118 @@
+"""The config's CPU float order (vqinsight.cpu_kernels): what each order sets, where the configs use which, and that
+the portable order computes the same floats in every process and on every CPU it has been recorded on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vqinsight.config import ConfigError, validate_config
+from vqinsight.cpu_kernels import DEFAULT, FLOAT_ORDERS, PORTABLE_ENV, active_float_order, float_order_env
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "config" / "schema.yaml"
+ORDER_VARS = sorted({k for env in FLOAT_ORDERS.values() for k in env} | {"MKL_ENABLE_INSTRUCTIONS"})
+
+# The portable order's fingerprint() per torch version (the torch wheel bundles MKL and oneDNN), and the CPUs it was
+# recorded on. A CPU that gives another value computes other floats in the portable order: the demo's numbers
+# (docs/DEMO_LEARNING.md) would not be reproduced there.
+PORTABLE_FINGERPRINTS = {
+    "2.14.1": ("5d4c7aa9f2384cdd", "AMD EPYC (AVX-512, no AMX)"),
+}
+
+
+def test_the_orders_set_nothing_or_the_portable_kernels():
+    assert DEFAULT == "native"
+    assert float_order_env(None) == float_order_env("native") == {}
+    assert float_order_env("portable") == {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_CBWR": "COMPATIBLE",
+    }
+    float_order_env("portable")["MKL_CBWR"] = "AUTO"  # a copy: the caller cannot change the order itself
+    assert PORTABLE_ENV["MKL_CBWR"] == "COMPATIBLE"
+    with pytest.raises(ValueError, match=r"cpu_float_order must be one of \['native', 'portable'\], got 'fast'"):
+        float_order_env("fast")
+
+
+def test_a_job_reports_the_float_order_variables_it_runs_under():
+    assert active_float_order({"PATH": "/bin"}) == {}
+    env = {"PATH": "/bin", **PORTABLE_ENV, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert active_float_order(env) == {**PORTABLE_ENV, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def test_the_demo_runs_portable_and_the_paper_config_native():
+    cfg = {n: yaml.safe_load((ROOT / "config" / n).read_text()) for n in ("config.yaml", "demo.yaml")}
+    assert cfg["demo.yaml"]["cpu_float_order"] == "portable"
+    assert cfg["config.yaml"]["cpu_float_order"] == "native"
+    # the smoke overlays leave the paper's choice alone
+    for overlay in ("smoke.yaml", "smoke_cpu.yaml"):
+        assert "cpu_float_order" not in yaml.safe_load((ROOT / "config" / overlay).read_text())
+
+
+def test_an_unknown_float_order_is_a_config_error_naming_the_key():
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["cpu_float_order"] = "avx512"
+    with pytest.raises(ConfigError, match="cpu_float_order"):
+        validate_config(cfg, SCHEMA, "demo-broken")
+    del cfg["cpu_float_order"]  # optional: the default (native) applies
+    validate_config(cfg, SCHEMA, "demo-without-order")
+
+
+def test_the_snakefile_sets_the_configs_order_for_its_jobs():
+    """common.smk puts the order's variables into the environment every job inherits (read when torch loads)."""
+    text = (ROOT / "rules" / "common.smk").read_text()
+    assert 'os.environ.update(float_order_env(config.get("cpu_float_order")))' in text
+
+
+def _fingerprint(env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ORDER_VARS}
+    code = "from vqinsight.cpu_kernels import fingerprint; print(fingerprint())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True, timeout=300
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_the_portable_order_repeats_its_floats_and_other_kernels_change_them():
+    """Two processes in the portable order compute the same floats; PyTorch's scalar kernels (available on every
+    CPU) compute others: the fingerprint sees a change of float order."""
+    portable = _fingerprint(PORTABLE_ENV)
+    assert _fingerprint(PORTABLE_ENV) == portable
+    assert _fingerprint({**PORTABLE_ENV, "ATEN_CPU_CAPABILITY": "default"}) != portable
+
+
+@pytest.mark.slow
+def test_the_portable_order_gives_the_recorded_floats_on_this_cpu():
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    if version not in PORTABLE_FINGERPRINTS:
+        pytest.skip(f"no portable fingerprint for torch {version} (recorded: {sorted(PORTABLE_FINGERPRINTS)})")
+    expected, where = PORTABLE_FINGERPRINTS[version]
+    got = _fingerprint(PORTABLE_ENV)
+    flags = _cpu_flags()
+    assert got == expected, (
+        f"the portable CPU float order computed other floats on this CPU ({flags}) than on the {where} where "
+        f"torch {version}'s value was recorded ({got} != {expected}): the demo's learned numbers will differ here"
+    )
+
+
+def _cpu_flags() -> str:
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown CPU"
+    isa = sorted(f for f in info.get("flags", "").split() if f.startswith(("avx2", "avx512f", "amx")))
+    return json.dumps({"model": info.get("model name"), "isa": isa})
