@@ -6,8 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from vqinsight.config import ConfigError
-from vqinsight.cpu_kernels import float_order_env, config_problems, recipe_problems, validate_config
+from vqinsight.config import ConfigError, config_problems, recipe_problems, validate_config
+from vqinsight.cpu_kernels import float_order_env
 from vqinsight.data.registry import REGISTRY
 
 
