@@ -65,10 +65,23 @@ def test_an_unknown_float_order_is_a_config_error_naming_the_key():
     validate_config(cfg, SCHEMA, "demo-without-order")
 
 
-def test_the_snakefile_sets_the_configs_order_for_its_jobs():
-    """common.smk puts the order's variables into the environment every job inherits (read when torch loads)."""
-    text = (ROOT / "rules" / "common.smk").read_text()
-    assert 'os.environ.update(float_order_env(config.get("cpu_float_order")))' in text
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "expected"), [([], PORTABLE_ENV), (["cpu_float_order=native"], {})])
+def test_snakemake_gives_its_jobs_the_configs_float_order(tmp_path, overrides, expected):
+    """A real job of the demo DAG (building the tiny judge, seconds) records the variables it ran under: the
+    portable order's, set by the Snakefile over whatever the caller's environment says; none under native."""
+    env = {k: v for k, v in os.environ.items() if k not in ORDER_VARS} | {"ATEN_CPU_CAPABILITY": "default"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if not expected:
+        expected = {"ATEN_CPU_CAPABILITY": "default"}  # native leaves the caller's environment alone
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]
+    cmd += ["--cores", "1", "results/demo/models/tiny", "--configfile", str(ROOT / "config" / "demo.yaml")]
+    if overrides:  # --configfile and --config take several values: the target comes first
+        cmd += ["--config", *overrides]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    meta = json.loads((tmp_path / "results/demo/models/tiny/meta.json").read_text())
+    assert meta["device"]["cpu_kernels"] == expected
 
 
 def _fingerprint(env: dict[str, str]) -> str:
