@@ -20,6 +20,8 @@ from __future__ import annotations
 DEFAULT = "native"
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 FLOAT_ORDERS: dict[str, dict[str, str]] = {"native": {}, "portable": PORTABLE_ENV}
+#: every variable that changes the float order: the orders' own and MKL's instruction cap, which a user may set by hand
+ORDER_VARIABLES = tuple(sorted({k for env in FLOAT_ORDERS.values() for k in env} | {"MKL_ENABLE_INSTRUCTIONS"}))
 
 
 def float_order_env(order: str | None) -> dict[str, str]:
@@ -34,8 +36,7 @@ def float_order_env(order: str | None) -> dict[str, str]:
 def active_float_order(environ) -> dict[str, str]:
     """The float-order variables an environment sets, with those that cap the kernels by hand (for a job's log and
     its provenance): {} under the native order with nothing set."""
-    keys = sorted({k for env in FLOAT_ORDERS.values() for k in env} | {"MKL_ENABLE_INSTRUCTIONS"})
-    return {k: environ[k] for k in keys if k in environ}
+    return {k: environ[k] for k in ORDER_VARIABLES if k in environ}
 
 
 def fingerprint(steps: int = 8, seed: int = 0) -> str:

@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from vqinsight.config import ConfigError, validate_config
-from vqinsight.cpu_kernels import DEFAULT, FLOAT_ORDERS, PORTABLE_ENV, active_float_order, float_order_env
+from vqinsight.cpu_kernels import DEFAULT, ORDER_VARIABLES, PORTABLE_ENV, active_float_order, float_order_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "config" / "schema.yaml"
-ORDER_VARS = sorted({k for env in FLOAT_ORDERS.values() for k in env} | {"MKL_ENABLE_INSTRUCTIONS"})
 
 # The portable order's fingerprint() per torch version (the torch wheel bundles MKL and oneDNN), and the CPUs it was
 # recorded on. A CPU that gives another value computes other floats in the portable order: the demo's numbers
@@ -70,7 +69,7 @@ def test_an_unknown_float_order_is_a_config_error_naming_the_key():
 def test_snakemake_gives_its_jobs_the_configs_float_order(tmp_path, overrides, expected):
     """A real job of the demo DAG (building the tiny judge, seconds) records the variables it ran under: the
     portable order's, set by the Snakefile over whatever the caller's environment says; none under native."""
-    env = {k: v for k, v in os.environ.items() if k not in ORDER_VARS} | {"ATEN_CPU_CAPABILITY": "default"}
+    env = {k: v for k, v in os.environ.items() if k not in ORDER_VARIABLES} | {"ATEN_CPU_CAPABILITY": "default"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if not expected:
         expected = {"ATEN_CPU_CAPABILITY": "default"}  # native leaves the caller's environment alone
@@ -85,7 +84,7 @@ def test_snakemake_gives_its_jobs_the_configs_float_order(tmp_path, overrides, e
 
 
 def _fingerprint(env: dict[str, str]) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ORDER_VARS}
+    clean = {k: v for k, v in os.environ.items() if k not in ORDER_VARIABLES}
     code = "from vqinsight.cpu_kernels import fingerprint; print(fingerprint())"
     out = subprocess.run(
         [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True, timeout=300

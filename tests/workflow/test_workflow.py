@@ -528,17 +528,16 @@ def test_slurm_profile_dry_run_from_repo_root_lists_every_rule_with_resources():
 def _rerun_job(demo_run: Path, meta: Path, module: str, replace: dict[str, Path]) -> None:
     """Run the job recorded in meta.json again (same arguments, outputs redirected by `replace`) in the CPU kernels it
     recorded (`device.cpu_kernels`: the demo's portable float order, which the Snakefile set for the job)."""
-    from vqinsight.cpu_kernels import FLOAT_ORDERS
+    from vqinsight.cpu_kernels import ORDER_VARIABLES
 
     record = json.loads(meta.read_text())
     argv = record["argv"][1:]
     for i, arg in enumerate(argv[:-1]):
         if arg in replace:
             argv[i + 1] = str(replace[arg])
-    order_vars = {k for e in FLOAT_ORDERS.values() for k in e} | {"MKL_ENABLE_INSTRUCTIONS"}
     kernels = record["device"]["cpu_kernels"]
     assert kernels, f"{meta}: the job recorded no CPU kernels (the demo runs the portable order)"
-    env = {k: v for k, v in os.environ.items() if k not in order_vars} | kernels | {"OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ORDER_VARIABLES} | kernels | {"OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", module, *argv], cwd=demo_run, env=env, capture_output=True,
                        text=True, timeout=900, check=False)  # fmt: skip
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
